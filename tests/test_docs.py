@@ -1,0 +1,55 @@
+"""The offline docs: one page per notebook, every page opened in headless Chromium, nothing broken."""
+import os
+from pathlib import Path
+
+import pytest
+
+from docs_check import check_site, find_chromium
+
+needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get('USSEG_REQUIRE_BROWSER'),
+                                   reason="Debian's chromium is not installed (CI installs it; set USSEG_REQUIRE_BROWSER=1 to fail instead)")
+
+
+@pytest.fixture(scope='module')
+def site(root, tmp_path_factory):
+    "The built site: `$USSEG_DOCS_DIR` when the test command built it already, else a fresh build."
+    d = os.environ.get('USSEG_DOCS_DIR')
+    if d and (Path(d)/'index.html').exists(): return Path(d).resolve()
+    from build_docs import build
+    out = tmp_path_factory.mktemp('docs')/'_docs'
+    build(out, quiet=True)
+    return out
+
+
+def test_a_page_per_notebook(root, site):
+    from build_docs import page_name
+    nbs = sorted(p.name for p in (root/'nbs').glob('*.ipynb') if not p.name.startswith('_'))
+    assert nbs
+    for nb in nbs: assert (site/page_name(nb)).is_file(), f'no page for {nb}'
+
+
+@needs_browser
+def test_every_page_opens_clean(site):
+    reports = check_site(site)
+    assert len(reports) == len(list(site.glob('*.html')))
+    broken = {r.url: r.problems for r in reports if r.problems}
+    assert not broken, broken
+    assert sum(r.n_images for r in reports) > 0
+
+
+@needs_browser
+def test_checker_catches_breakage(tmp_path):
+    "The checker is not blind: a broken link, a missing image, a bad anchor and raw TeX are all reported."
+    (tmp_path/'index.html').write_text('<html><body><main><p id="here">x</p><a href="gone.html">a</a>'
+                                       '<a href="other.html#nowhere">b</a><img src="missing.png"> $$x^2$$</main></body></html>')
+    (tmp_path/'other.html').write_text('<html><body><main><a href="index.html#here">ok</a></main></body></html>')
+    reports = {Path(r.url).name: r.problems for r in check_site(tmp_path)}
+    assert reports['other.html'] == []
+    probs = ' | '.join(reports['index.html'])
+    for needle in ('broken link', 'missing anchor', 'image does not load', 'raw $$'): assert needle in probs, probs
+
+
+def test_math_becomes_mathml():
+    from build_docs import make_markdown
+    out = make_markdown().render('Loss $L = -\\frac{1}{N}\\sum_i x_i$ and\n\n$$F_{hwij} - b$$\n', {'page': 't'})
+    assert out.count('<math') == 2 and '$' not in out

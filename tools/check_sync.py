@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Fail if `nbdev_export`, `nbdev_clean` or the README generation would change any file.
+
+    python tools/check_sync.py
+
+Runs the three generators and compares the generated and cleaned files before and after, so it works
+in a clean clone (CI) and in a working tree with uncommitted edits alike.
+"""
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WATCH = ['usseg', 'nbs', 'README.md', 'README_files']
+
+
+def snapshot() -> dict:
+    out = {}
+    for w in WATCH:
+        p = ROOT/w
+        files = [p] if p.is_file() else sorted(f for f in p.rglob('*') if f.is_file() and '__pycache__' not in f.parts) if p.exists() else []
+        for f in files: out[str(f.relative_to(ROOT))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+STEPS = [('nbdev_export', ['nbdev_export']),
+         ('nbdev_clean', ['nbdev_clean']),
+         ('README generation', [sys.executable, str(ROOT/'tools'/'readme.py')])]
+
+
+def main():
+    bad = False
+    for name, cmd in STEPS:
+        before = snapshot()
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if r.returncode:
+            print(f'{name} failed:\n{r.stdout}{r.stderr}', file=sys.stderr); return 1
+        after = snapshot()
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        if changed:
+            bad = True
+            print(f'{name} changed {len(changed)} file(s): ' + ', '.join(changed[:20]), file=sys.stderr)
+    if bad:
+        print('The notebooks, the package and README.md are out of sync: run `nbdev_export && nbdev_clean && make readme` '
+              'and commit the result.', file=sys.stderr)
+        return 1
+    print('in sync: nbdev_export, nbdev_clean and the README generation change nothing')
+    return 0
+
+
+if __name__ == '__main__': sys.exit(main())
