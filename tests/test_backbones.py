@@ -271,3 +271,25 @@ def test_unfreeze_and_refreeze(tiny):
     assert tiny.model.blocks[1].mlp.fc2.weight.grad is not None and tiny.model.blocks[0].mlp.fc2.weight.grad is None
     tiny.freeze()
     assert not tiny.training and not any(p.requires_grad for p in tiny.parameters())
+
+
+def test_features_is_one_pass(tiny, monkeypatch):
+    x = torch.randn(2, 3, 16, 24)
+    sep = {k: tiny.intermediate(x, 2, k) for k in ('tokens', 'queries', 'keys', 'values')}
+    att = tiny.last_attention(x)
+    calls, orig = [], ViTBackbone._run
+    monkeypatch.setattr(ViTBackbone, '_run', lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+    d = tiny.features(x, 2, ('tokens', 'queries', 'keys', 'values'), attention=True)
+    assert len(calls) == 1
+    for k, v in sep.items(): assert all(torch.equal(a, b) for a, b in zip(d[k], v))
+    assert torch.equal(d['attention'], att)
+    with pytest.raises(ValueError, match="got 'attn'"): tiny.features(x, 1, ('tokens', 'attn'))
+
+
+def test_resnet_features_and_errors():
+    b = load_backbone('resnet50', weights='random')
+    x = torch.randn(1, 3, 32, 32)
+    assert b.features(x, 2)['tokens'][-1].shape == (1, 2048, 1, 1)
+    with pytest.raises(TypeError, match='no self-attention'): b.features(x, attention=True)
+    with pytest.raises(ValueError, match="use kind='tokens'"): b.intermediate(x, 1, 'keys')
+    with pytest.raises(ValueError, match="weights must be"): load_backbone('resnet50', weights=None)

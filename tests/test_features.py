@@ -199,3 +199,13 @@ def test_partial_of_another_key_is_not_resumed(tiny, ds, direct, tmp_path):
 def test_images_of_different_sizes_are_refused(tiny):
     with pytest.raises(ValueError, match='differ in size'):
         extract_features(tiny, [torch.zeros(3, 16, 16), torch.zeros(3, 16, 24)], batch_size=2)
+
+
+def test_partial_file_that_disagrees_with_its_record_is_restarted(tiny, ds, direct, tmp_path):
+    c = Counting(ds, fail_at=5)
+    with pytest.raises(RuntimeError): extract_features(tiny, c, batch_size=2, cache=tmp_path, chunk_size=2)
+    e = next(tmp_path.rglob('progress.json')).parent
+    np.lib.format.open_memmap(e/'feats.npy.partial', mode='w+', dtype=np.float16, shape=(3, 48, 4, 4)).flush()
+    c.seen.clear()
+    out = extract_features(tiny, c, batch_size=2, cache=tmp_path, chunk_size=2)
+    assert sorted(set(c.seen)) == list(range(10)) and torch.equal(out, direct.half())

@@ -81,7 +81,7 @@ def interpolate_pos_embed(pos_embed:torch.Tensor, # `(1, 1+G*G, C)`: class token
     g = g.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, h*w, C)
     return torch.cat([cls, g], 1)
 
-# %% ../nbs/10_backbones.ipynb #08c2a6d4
+# %% ../nbs/10_backbones.ipynb #873d4fb2
 _BN = nn.modules.batchnorm._BatchNorm
 
 class Backbone(nn.Module):
@@ -151,6 +151,12 @@ class Backbone(nn.Module):
     def intermediate(self, img, n:int=1, kind:str='tokens') -> list: raise NotImplementedError
     def last_attention(self, img):
         raise TypeError(f'{self.name} has no self-attention: last_attention needs a ViT backbone such as dino_vits8')
+    def features(self, img, n:int=1, kinds:tuple=('tokens',), attention:bool=False) -> dict:
+        "Several outputs as a dict (ViTs compute them in one pass)."
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        res = {k: self.intermediate(img, n, k) for k in kinds}
+        if attention: res['attention'] = self.last_attention(img)
+        return res
 
     def __repr__(self):
         heads = f', {self.n_heads} heads' if self.n_heads else ''
@@ -208,7 +214,7 @@ def _run(self:ViTBackbone, img, n:int=1, qkv:bool=False):
         for hk in hooks: hk.remove()
     return outs, [_split_qkv(blocks[i].attn, got[i]) for i in sorted(got)]
 
-# %% ../nbs/10_backbones.ipynb #c0ccafc2
+# %% ../nbs/10_backbones.ipynb #988bc511
 def _to_grid(t:torch.Tensor, h:int, w:int) -> torch.Tensor:
     "`(B, 1+N, C)` tokens -> `(B, C, h, w)` map without the class token."
     return t[:, 1:].transpose(1, 2).reshape(len(t), -1, h, w)
@@ -219,32 +225,46 @@ def _heads_to_grid(t:torch.Tensor, h:int, w:int) -> torch.Tensor:
     return t[:, :, 1:].permute(0, 1, 3, 2).reshape(B, H*d, h, w)
 
 @patch
+def features(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`
+             n:int=1, # how many of the last blocks
+             kinds:tuple=('tokens',), # any of 'tokens', 'queries', 'keys', 'values'
+             attention:bool=False, # also the last block's attention
+            ) -> dict: # `{kind: [n maps (B, C, h, w)], 'attention': (B, heads, 1+N, 1+N)}`
+    "Several outputs of one forward pass (EAGLE needs tokens and keys, HP tokens and attention)."
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad: raise ValueError(f"kind must be one of {', '.join(KINDS)} (got {', '.join(map(repr, bad))})")
+    h, w = self._check_image(img)
+    with self._grad():
+        outs, qkvs = self._run(img, n, qkv=attention or any(k != 'tokens' for k in kinds))
+        res = {}
+        for kind in kinds:
+            if kind == 'tokens': res[kind] = [_to_grid(self.model.norm(x), h, w) for x in outs]
+            else: res[kind] = [_heads_to_grid(t[KINDS.index(kind) - 1], h, w) for t in qkvs]
+        if attention:
+            q, k, _ = qkvs[-1]
+            res['attention'] = ((q @ k.transpose(-2, -1))*self.model.blocks[-1].attn.scale).softmax(-1)  # Eq. (2)
+    return res
+
+@patch
 def intermediate(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`
                  n:int=1, # how many of the last blocks
                  kind:str='tokens', # 'tokens', 'queries', 'keys' or 'values'
                 ) -> list: # `n` maps `(B, C, h, w)`, oldest block first
     "Features of the last `n` blocks: final-LayerNorm'd tokens, or the block's q, k or v with heads concatenated."
-    if kind not in KINDS: raise ValueError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
-    h, w = self._check_image(img)
-    with self._grad():
-        outs, qkvs = self._run(img, n, qkv=kind != 'tokens')
-        if kind == 'tokens': return [_to_grid(self.model.norm(x), h, w) for x in outs]
-        j = KINDS.index(kind) - 1
-        return [_heads_to_grid(t[j], h, w) for t in qkvs]
+    return self.features(img, n, (kind,))[kind]
 
 @patch
 def forward(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`, H and W multiples of the patch size
            ) -> torch.Tensor: # `(B, C, H/p, W/p)`
     "STEGO's `feat`: the last block's tokens after the final LayerNorm, class token dropped."
-    return self.intermediate(img, 1)[0]
+    return self.features(img)['tokens'][0]
 
 @patch
 def last_attention(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`
                   ) -> torch.Tensor: # `(B, heads, 1+N, 1+N)`, class token at index 0
     "Softmax attention of the last block, Eq. (2)."
-    with self._grad():
-        _, [(q, k, v)] = self._run(img, 1, qkv=True)
-        return ((q @ k.transpose(-2, -1))*self.model.blocks[-1].attn.scale).softmax(-1)  # Eq. (2)
+    return self.features(img, 1, (), attention=True)['attention']
 
 # %% ../nbs/10_backbones.ipynb #6216c234
 class ResNetBackbone(Backbone):
@@ -343,7 +363,7 @@ def load_state(model:nn.Module, sd:dict, # an unwrapped state dict (`unwrap_stat
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return {'loaded': len(sd) - len(ignored), 'ignored': ignored}
 
-# %% ../nbs/10_backbones.ipynb #2debdc90
+# %% ../nbs/10_backbones.ipynb #2a8a6350
 def weight_dirs() -> list:
     "Folders searched for original checkpoint files: `$USSEG_HOME/weights`, then torch's hub cache."
     return [usseg_home()/'weights', Path(torch.hub.get_dir())/'checkpoints']
@@ -380,12 +400,14 @@ def _pretrained(spec:BackboneSpec, seed:int):
     return _build(spec, pretrained=True), f'pretrained({spec.hub_id})', None
 
 def _from_file(spec:BackboneSpec, path, seed:int):
+    "Network and description for a checkpoint file (read first: a bad path fails before the network is built)."
     path = Path(path).expanduser()
+    sd = read_checkpoint(path)
     model = _build(spec, seed)
-    report = load_state(model, read_checkpoint(path), f"'{path}'", f'{spec.name} ({spec.timm_name})')
+    report = load_state(model, sd, f"'{path}'", f'{spec.name} ({spec.timm_name})')
     return model, str(path.resolve()), report
 
-# %% ../nbs/10_backbones.ipynb #8df707d2
+# %% ../nbs/10_backbones.ipynb #0a809ffb
 def load_backbone(name:str='dino_vits8', # see `BACKBONES`; timm names such as `vit_small_patch8_224.dino` work too
                   weights:str|Path='pretrained', # 'pretrained', 'random' or a checkpoint path
                   seed:int=0, # seed of the random initialisation
@@ -395,6 +417,7 @@ def load_backbone(name:str='dino_vits8', # see `BACKBONES`; timm names such as `
     "Build a frozen backbone by name with pretrained, random or local weights."
     spec = backbone_spec(name)
     dev = default_device(device)
+    if weights is None or str(weights) == '': raise ValueError("weights must be 'pretrained', 'random' or the path of a checkpoint")
     w = str(weights)
     if w == 'random': model, desc, report = _build(spec, seed), f'random(seed={seed})', None
     elif w == 'pretrained': model, desc, report = _pretrained(spec, seed)

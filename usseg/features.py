@@ -77,17 +77,18 @@ def dataset_identity(ds:Dataset, name:str|None=None, split:str|None=None) -> dic
     return {'dataset': name or _dataset_name(ds), 'split': split or getattr(ds, 'split', None),
             'n_images': len(ds), 'resolution': list(first.shape[-2:]), 'content': h.hexdigest()[:16]}
 
-# %% ../nbs/11_features.ipynb #18867e33
+# %% ../nbs/11_features.ipynb #8b570b8e
 def _reduce(bb, img, kind:str, n:int, pool:bool):
     "Features of one batch: `(B, C*n, h, w)`, or `(B, C*n)` when pooled."
-    f = bb(img) if (kind, n) == ('tokens', 1) else torch.cat(bb.intermediate(img, n, kind), 1)
+    f = bb(img) if (kind, n) == ('tokens', 1) else torch.cat(bb.intermediate(img, n, kind), 1)  # (B, C*n, h, w)
     return f.mean((-2, -1)) if pool else f
 
 def _feature_batches(bb, ds, start:int=0, batch_size:int=16, device=None, autocast:bool=False, kind:str='tokens',
                      n:int=1, pool:bool=False, num_workers:int=0, progress:bool=False):
     "Yield `(first_index, features)` batches (float32, on the CPU) from image `start` on."
     from tqdm.auto import tqdm
-    device = torch.device(device) if device is not None else next(bb.parameters()).device
+    if device is not None: bb.to(device)
+    device = next(bb.parameters()).device
     dl = DataLoader(Subset(ds, range(start, len(ds))), batch_size=batch_size, shuffle=False,
                     num_workers=num_workers, collate_fn=_collate_images, pin_memory=device.type == 'cuda')
     amp = dict(device_type=device.type, dtype=torch.bfloat16 if device.type == 'cpu' else torch.float16, enabled=autocast)
@@ -98,7 +99,7 @@ def _feature_batches(bb, ds, start:int=0, batch_size:int=16, device=None, autoca
             yield i, f.float().cpu()
             i += len(img); bar.update(len(img))
 
-# %% ../nbs/11_features.ipynb #1f0cc0d6
+# %% ../nbs/11_features.ipynb #c158d0e0
 class FeatureCache:
     "One cached feature array: `feats.npy` (memory-mapped), `meta.json` with the full key; resumable builds."
     def __init__(self, root:str|Path, key:dict):
@@ -115,7 +116,7 @@ class FeatureCache:
         except (OSError, ValueError): return None
 
     def load(self) -> torch.Tensor|None:
-        "The cached features (a copy-on-write memory map), or None unless key, shape and dtype all match."
+        "The cached features (memory-mapped copy-on-write: edits stay in memory), or None unless key, shape and dtype all match."
         m = self._read_json(self.meta)
         if not m or m.get('key') != self.key or not self.final.is_file(): return None
         try: arr = np.load(self.final, mmap_mode='c')
@@ -129,7 +130,7 @@ class FeatureCache:
         p = self._read_json(self.progress)
         return 'partial' if p and p.get('key') == self.key and self.partial.is_file() else 'missing'
 
-# %% ../nbs/11_features.ipynb #34d373a5
+# %% ../nbs/11_features.ipynb #b1dba6f1
 def _np_dtype(dtype): return np.dtype(str(dtype).replace('torch.', ''))
 
 @patch_to(FeatureCache)
@@ -140,7 +141,9 @@ def build(self, batches, # callable: `start -> iterator of (first_index, feature
     p, start, mm = self._read_json(self.progress), 0, None
     if p and p.get('key') == self.key and self.partial.is_file():
         try: mm, start = np.lib.format.open_memmap(self.partial, mode='r+'), int(p['done'])
-        except (OSError, ValueError, KeyError): mm, start = None, 0
+        except (OSError, ValueError, KeyError, TypeError): mm, start = None, 0
+        if mm is not None and (list(mm.shape) != p.get('shape') or mm.shape[0] != self.key['n_images'] or not 0 <= start <= mm.shape[0]):
+            del mm; mm, start = None, 0  # a partial file that does not match its record: start again
     if mm is None:
         for f in (self.final, self.meta, self.partial, self.progress): f.unlink(missing_ok=True)
     self.dir.mkdir(parents=True, exist_ok=True)
@@ -164,10 +167,10 @@ def build(self, batches, # callable: `start -> iterator of (first_index, feature
     if out is None: raise RuntimeError(f'feature cache {self.dir} was written but does not read back; remove the folder')
     return out
 
-# %% ../nbs/11_features.ipynb #cd226a6d
+# %% ../nbs/11_features.ipynb #c06aff4f
 def extract_features(backbone, # a `usseg.backbones.Backbone`
                      dataset:Dataset, # items `{'img': (3, H, W), ...}`, `(img, ...)` or `img`
-                     batch_size:int=16, device=None, # default: the backbone's device
+                     batch_size:int=16, device=None, # moves the backbone there; default: where it is
                      autocast:bool=False, # mixed precision (bfloat16 on CPU, float16 on GPU)
                      kind:str='tokens', n:int=1, # the backbone's `intermediate` of the last `n` blocks, concatenated
                      pool:bool=False, # spatial mean: `(N, C)` global descriptors
