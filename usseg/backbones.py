@@ -214,7 +214,7 @@ def _run(self:ViTBackbone, img, n:int=1, qkv:bool=False):
         for hk in hooks: hk.remove()
     return outs, [_split_qkv(blocks[i].attn, got[i]) for i in sorted(got)]
 
-# %% ../nbs/10_backbones.ipynb #988bc511
+# %% ../nbs/10_backbones.ipynb #6508895b
 def _to_grid(t:torch.Tensor, h:int, w:int) -> torch.Tensor:
     "`(B, 1+N, C)` tokens -> `(B, C, h, w)` map without the class token."
     return t[:, 1:].transpose(1, 2).reshape(len(t), -1, h, w)
@@ -246,6 +246,7 @@ def features(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`
             res['attention'] = ((q @ k.transpose(-2, -1))*self.model.blocks[-1].attn.scale).softmax(-1)  # Eq. (2)
     return res
 
+# %% ../nbs/10_backbones.ipynb #df03ee84
 @patch
 def intermediate(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`
                  n:int=1, # how many of the last blocks
@@ -254,19 +255,21 @@ def intermediate(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`
     "Features of the last `n` blocks: final-LayerNorm'd tokens, or the block's q, k or v with heads concatenated."
     return self.features(img, n, (kind,))[kind]
 
+# %% ../nbs/10_backbones.ipynb #054299c9
 @patch
 def forward(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`, H and W multiples of the patch size
            ) -> torch.Tensor: # `(B, C, H/p, W/p)`
     "STEGO's `feat`: the last block's tokens after the final LayerNorm, class token dropped."
     return self.features(img)['tokens'][0]
 
+# %% ../nbs/10_backbones.ipynb #df86ffb4
 @patch
 def last_attention(self:ViTBackbone, img:torch.Tensor, # `(B, 3, H, W)`
                   ) -> torch.Tensor: # `(B, heads, 1+N, 1+N)`, class token at index 0
     "Softmax attention of the last block, Eq. (2)."
     return self.features(img, 1, (), attention=True)['attention']
 
-# %% ../nbs/10_backbones.ipynb #6216c234
+# %% ../nbs/10_backbones.ipynb #f27b1a5b
 class ResNetBackbone(Backbone):
     "A timm ResNet returning its last feature map `(B, 2048, H/s, W/s)`: `s` = 32, or 8 when dilated."
     def __init__(self, model:nn.Module, name:str, weights:str='random'):
@@ -294,7 +297,7 @@ class ResNetBackbone(Backbone):
         self._check_image(img, multiple=False)
         with self._grad(): return self._stages(img)[-n:]
 
-# %% ../nbs/10_backbones.ipynb #a8403ac4
+# %% ../nbs/10_backbones.ipynb #b478b03c
 def unwrap_state_dict(obj, # what `torch.load` returned
                       source:str='checkpoint', # named in errors
                      ) -> dict:
@@ -331,7 +334,7 @@ def read_checkpoint(path:str|Path, # `.pth`/`.pt`/`.bin`/`.tar` (torch) or `.saf
                          f"torch state dict loadable with weights_only=True, or a .safetensors file") from None
     return unwrap_state_dict(obj, f"'{path}'")
 
-# %% ../nbs/10_backbones.ipynb #d7cf60d4
+# %% ../nbs/10_backbones.ipynb #2e399379
 _HEAD_KEYS = ('head.', 'fc.', 'fc_norm.')
 
 def _describe(sd:dict) -> str:
@@ -363,7 +366,7 @@ def load_state(model:nn.Module, sd:dict, # an unwrapped state dict (`unwrap_stat
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return {'loaded': len(sd) - len(ignored), 'ignored': ignored}
 
-# %% ../nbs/10_backbones.ipynb #2a8a6350
+# %% ../nbs/10_backbones.ipynb #41f989cb
 def weight_dirs() -> list:
     "Folders searched for original checkpoint files: `$USSEG_HOME/weights`, then torch's hub cache."
     return [usseg_home()/'weights', Path(torch.hub.get_dir())/'checkpoints']
@@ -407,7 +410,7 @@ def _from_file(spec:BackboneSpec, path, seed:int):
     report = load_state(model, sd, f"'{path}'", f'{spec.name} ({spec.timm_name})')
     return model, str(path.resolve()), report
 
-# %% ../nbs/10_backbones.ipynb #0a809ffb
+# %% ../nbs/10_backbones.ipynb #219d4c16
 def load_backbone(name:str='dino_vits8', # see `BACKBONES`; timm names such as `vit_small_patch8_224.dino` work too
                   weights:str|Path='pretrained', # 'pretrained', 'random' or a checkpoint path
                   seed:int=0, # seed of the random initialisation
