@@ -180,6 +180,7 @@ def test_dino_checkpoint_wrappers(tiny, tmp_path, wrap):
     x = torch.randn(2, 3, 16, 32)
     assert torch.equal(b(x), tiny(x)) and b.fingerprint() == tiny.fingerprint()
     assert b.weights == str(f.resolve())
+    if wrap == 'teacher': assert b.load_report['entry'] == 'teacher' and sorted(b.load_report['dropped']) == sorted(head)
 
 
 def test_wrong_architecture_is_refused(tiny, tmp_path):
@@ -253,6 +254,7 @@ def test_moco_checkpoint_and_weights_dir(tv_dilated, tmp_path, monkeypatch):
     b = load_backbone('resnet50', weights=tmp_path/'moco_v2_800ep_pretrain.pth.tar')
     x = torch.randn(1, 3, 32, 32)
     assert b(x).shape == (1, 2048, 1, 1) and b.load_report['ignored'] == ['fc.0.weight', 'fc.2.weight']
+    assert b.load_report['entry'] == 'state_dict' and set(b.load_report['dropped']) == {'queue'} | {f'encoder_k.{k}' for k in sd}
     # 'pretrained' finds an original checkpoint file in $USSEG_HOME/weights before trying the hub
     monkeypatch.setenv('USSEG_HOME', str(tmp_path/'home'))
     (tmp_path/'home'/'weights').mkdir(parents=True)

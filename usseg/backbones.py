@@ -297,26 +297,32 @@ class ResNetBackbone(Backbone):
         self._check_image(img, multiple=False)
         with self._grad(): return self._stages(img)[-n:]
 
-# %% ../nbs/10_backbones.ipynb #b478b03c
+# %% ../nbs/10_backbones.ipynb #6348b759
 def unwrap_state_dict(obj, # what `torch.load` returned
                       source:str='checkpoint', # named in errors
+                      info:dict|None=None, # if given, receives the `entry` used and the `dropped` keys
                      ) -> dict:
     "The backbone tensors of a checkpoint: teacher/state_dict/model entry, `module.` stripped, `backbone.`/`encoder_q.` selected."
+    entry = None
     if isinstance(obj, dict):
         for key in ('teacher', 'state_dict', 'model', 'student'):
-            if isinstance(obj.get(key), dict): obj = obj[key]; break
+            if isinstance(obj.get(key), dict): obj, entry = obj[key], key; break
     if not isinstance(obj, dict) or not any(torch.is_tensor(v) for v in obj.values()):
         top = ', '.join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f'{source} holds no state dict of tensors (found: {top})')
     sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
     while all(k.startswith('module.') for k in sd): sd = {k[len('module.'):]: v for k, v in sd.items()}
+    dropped = []
     for sub in ('encoder_q.', 'backbone.'):  # MoCo's query encoder; DINO's multi-crop wrapper
         if any(k.startswith(sub) for k in sd):
+            dropped = [k for k in sd if not k.startswith(sub)]
             sd = {k[len(sub):]: v for k, v in sd.items() if k.startswith(sub)}
             break
+    if info is not None: info.update(entry=entry, dropped=dropped)
     return sd
 
 def read_checkpoint(path:str|Path, # `.pth`/`.pt`/`.bin`/`.tar` (torch) or `.safetensors`
+                    info:dict|None=None, # if given, receives what `unwrap_state_dict` selected and dropped
                    ) -> dict:
     "Read a checkpoint safely and unwrap its backbone state dict."
     path = Path(path).expanduser()
@@ -332,7 +338,7 @@ def read_checkpoint(path:str|Path, # `.pth`/`.pt`/`.bin`/`.tar` (torch) or `.saf
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
         raise ValueError(f"'{path}' is not a checkpoint usseg can read ({type(e).__name__}: {msg}); it must be a "
                          f"torch state dict loadable with weights_only=True, or a .safetensors file") from None
-    return unwrap_state_dict(obj, f"'{path}'")
+    return unwrap_state_dict(obj, f"'{path}'", info)
 
 # %% ../nbs/10_backbones.ipynb #2e399379
 _HEAD_KEYS = ('head.', 'fc.', 'fc_norm.')
@@ -366,7 +372,7 @@ def load_state(model:nn.Module, sd:dict, # an unwrapped state dict (`unwrap_stat
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return {'loaded': len(sd) - len(ignored), 'ignored': ignored}
 
-# %% ../nbs/10_backbones.ipynb #41f989cb
+# %% ../nbs/10_backbones.ipynb #e9c2f1a5
 def weight_dirs() -> list:
     "Folders searched for original checkpoint files: `$USSEG_HOME/weights`, then torch's hub cache."
     return [usseg_home()/'weights', Path(torch.hub.get_dir())/'checkpoints']
@@ -404,11 +410,11 @@ def _pretrained(spec:BackboneSpec, seed:int):
 
 def _from_file(spec:BackboneSpec, path, seed:int):
     "Network and description for a checkpoint file (read first: a bad path fails before the network is built)."
-    path = Path(path).expanduser()
-    sd = read_checkpoint(path)
+    path, info = Path(path).expanduser(), {}
+    sd = read_checkpoint(path, info)
     model = _build(spec, seed)
     report = load_state(model, sd, f"'{path}'", f'{spec.name} ({spec.timm_name})')
-    return model, str(path.resolve()), report
+    return model, str(path.resolve()), {**info, **report}
 
 # %% ../nbs/10_backbones.ipynb #219d4c16
 def load_backbone(name:str='dino_vits8', # see `BACKBONES`; timm names such as `vit_small_patch8_224.dino` work too
