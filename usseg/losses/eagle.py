@@ -83,7 +83,7 @@ def smallest_eigenvectors(L:torch.Tensor, # `(B, N, N)` symmetric matrices
         vecs = torch.where(flip[:, None, None], -vecs, vecs)
     return Eigen(vals, vecs)
 
-# %% ../../nbs/23_losses.eagle.ipynb #ec339231
+# %% ../../nbs/23_losses.eagle.ipynb #13cec236
 class EiCue(NamedTuple):
     "EiCue's spectral embedding of each patch."
     values: torch.Tensor   # `(B, k)` smallest eigenvalues, the trivial one included
@@ -96,6 +96,7 @@ def eicue(code:torch.Tensor, # `(B, D, h, w)` head output
           colour_space:str|None='rgb', # 'rgb', 'upstream' (EAGLE's normalised/255) or None (no colour term)
          ) -> EiCue:
     "EAGLE's EiCue: the smallest non-trivial eigenvectors of the code-and-colour graph Laplacian."
+    if code.ndim != 4: raise ValueError(f'code must be (B, D, h, w), got shape {tuple(code.shape)}')
     B, _, h, w = code.shape
     if k < 2: raise ValueError(f'k must be at least 2, since the first (trivial) eigenvector is dropped (got {k})')
     with torch.no_grad():
@@ -204,7 +205,7 @@ def adaptive_correspondence(f1:torch.Tensor, # `(B, C, S, S)` sampled features (
     lo = 0.0 if zero_clamp else -9999.0
     return -cd.clamp(lo, 0.8 if stabilize else None) * (fd - b), cd
 
-# %% ../../nbs/23_losses.eagle.ipynb #cfae21d3
+# %% ../../nbs/23_losses.eagle.ipynb #c1b7c34b
 def _sample(t, coords):
     "Bilinear samples of `t (B, C, H, W)` at `coords (B, S, S, 2)` in [-1, 1] (STEGO's transposed layout)."
     return F.grid_sample(t, coords.permute(0, 2, 1, 3), padding_mode='border', align_corners=True)
@@ -217,6 +218,9 @@ def eagle_correspondence_loss(feats, feats_pos, feats_aug, # `(B, C, H, W)` keys
                               zero_clamp:bool=True, stabilize:bool=True, pointwise:bool=True,
                              ) -> tuple:
     "`(L_pos, L_neg)`: EAGLE's correspondence loss on random samples (weight them with pos/neg_inter_weight)."
+    maps = (feats, feats_pos, feats_aug, code, code_pos, code_aug)
+    if any(t.ndim != 4 or t.shape[0] != feats.shape[0] for t in maps):
+        raise ValueError(f'all six maps must be (B, C, H, W) with the same B; got {[tuple(t.shape) for t in maps]}')
     B = feats.shape[0]
     kw = dict(shift_bias=shift_bias, shift_value=shift_value, zero_clamp=zero_clamp, stabilize=stabilize, pointwise=pointwise)
     shape = (B, n_samples, n_samples, 2)

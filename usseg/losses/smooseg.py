@@ -145,7 +145,7 @@ def data_loss(p_s:torch.Tensor, # `(B, K, h, w)` student logits
     if p_s.shape != p_t.shape: raise ValueError(f'student and teacher logits differ in shape: {tuple(p_s.shape)} vs {tuple(p_t.shape)}')
     return F.cross_entropy(p_s, p_t.argmax(1))
 
-# %% ../../nbs/22_losses.smooseg.ipynb #91f49377
+# %% ../../nbs/22_losses.smooseg.ipynb #e358c54e
 class SmooSegLosses(NamedTuple):
     "What one SmooSeg step returns (the first item is the loss to minimise)."
     loss: torch.Tensor      # smooth + data
@@ -177,6 +177,7 @@ class SmooSegLoss(nn.Module):
         super().__init__()
         self.b_intra, self.b_inter, self.temperature, self.pointwise = b_intra, b_inter, temperature, pointwise
     def forward(self, feats, p_s, p_t, perm=None) -> SmooSegLosses:
+        "`smooseg_loss(feats, p_s, p_t, ...)` with the stored hyperparameters."
         return smooseg_loss(feats, p_s, p_t, self.b_intra, self.b_inter, self.temperature, perm, self.pointwise)
     def extra_repr(self): return f'b_intra={self.b_intra}, b_inter={self.b_inter}, temperature={self.temperature}'
 
