@@ -148,7 +148,7 @@ def verify_file(path:str|Path, checksum:str, delete:bool=True) -> Path:
                             f'source, then pass the new checksum or delete the .sha256 lock file next to it)')
     return Path(path)
 
-# %% ../../nbs/01_data.external.ipynb #88da2329
+# %% ../../nbs/01_data.external.ipynb #c77b3ad1
 class UnpinnedChecksumWarning(UserWarning):
     "The upstream publishes no checksum; the sha256 of the first download was recorded instead."
 
@@ -157,20 +157,23 @@ def lock_path(path:str|Path) -> Path:
     p = Path(path)
     return p.with_name(p.name + '.sha256')
 
-def verify_or_record(path:str|Path, checksum:str|None=None, url:str='', delete:bool=True) -> str:
+def verify_or_record(path:str|Path, checksum:str|None=None, url:str='', delete:bool=True,
+                     dest:str|Path|None=None, # the final name when `path` is a `.part` file (names the lock file)
+                    ) -> str:
     "Verify `path` against `checksum`, else against its lock file, else record a lock file; returns what was done."
     path = Path(path)
     if checksum: verify_file(path, checksum, delete); return 'verified (pinned checksum)'
-    lock = lock_path(path)
+    final = Path(dest) if dest is not None else path
+    lock = lock_path(final)
     if lock.exists():
         rec = json.loads(lock.read_text())
         verify_file(path, f'sha256:{rec["sha256"]}', delete)
         return f'verified (sha256 recorded {rec.get("recorded", "earlier")} in {lock.name})'
     digest = file_hash(path, 'sha256')
-    atomic_write_text(lock, json.dumps({'file': path.name, 'sha256': digest, 'size': path.stat().st_size, 'url': url,
+    atomic_write_text(lock, json.dumps({'file': final.name, 'sha256': digest, 'size': path.stat().st_size, 'url': url,
                                         'recorded': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
                                         'note': 'upstream publishes no checksum: recorded on first download, verified afterwards'}, indent=1))
-    warnings.warn(f'{path.name}: the upstream publishes no checksum, so it is not pinned; recorded sha256 {digest} in {lock}. '
+    warnings.warn(f'{final.name}: the upstream publishes no checksum, so it is not pinned; recorded sha256 {digest} in {lock}. '
                   f'Later runs verify against it.', UnpinnedChecksumWarning)
     return f'recorded sha256 in {lock.name} (upstream not pinned)'
 
@@ -228,7 +231,7 @@ def _fetch(url:str, part:Path, timeout:float, progress:bool, log) -> None:
             f.flush(); os.fsync(f.fileno())
         if length is not None and done < length: raise _Interrupted(f'connection closed after {done} of {length} bytes')
 
-# %% ../../nbs/01_data.external.ipynb #03659d3e
+# %% ../../nbs/01_data.external.ipynb #75641603
 def download(url:str|list|tuple, # a URL, or mirrors tried in order
              dest:str|Path, # the final file
              checksum:str|None=None, # `md5:...` / `sha256:...`; None: verify against (or record) the lock file
@@ -256,7 +259,7 @@ def download(url:str|list|tuple, # a URL, or mirrors tried in order
                 break
             except urllib.error.HTTPError as e: problems.append(f'{u}: HTTP {e.code} {e.reason}'); kinds.add('http'); break
             except _Unreachable as e: problems.append(f'{u}: {e}'); kinds.add('unreachable'); break
-            what = verify_or_record(part, checksum, u)
+            what = verify_or_record(part, checksum, u, dest=dest)
             os.replace(part, dest)
             log(f'{dest.name}: {dest.stat().st_size:,} bytes, {what}')
             return dest
