@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Nearest-neighbour mining (usseg.data.prepare) on synthetic images with a randomly initialised ViT-S/8, on the CPU.
 
-    python benchmarks/knn_mining.py [--n-images 1000] [--size 64] [--threads 2] [--batch-size 50] [--k 30]
+    python benchmarks/knn_mining.py [--n-images 1000] [--size 64] [--threads 2] [--batch-size 50] [--k 30] [--device cpu]
 
 Renders the synthetic scenes to a temporary data root (timed separately), extracts the L2-normalised
 global-average-pooled patch features of every image (eval mode, no grad), takes the cosine top-k (self
 first) and writes the neighbour file, as `compute_neighbours` does. Reports wall time per stage and peak
 memory: the process's peak resident set size (`resource.getrusage`, includes PyTorch's allocations and
 the libraries) and the peak of Python-level allocations (`tracemalloc`, which does not see PyTorch's
-tensor memory). Writes benchmarks/results/knn_mining_cpu.json.
+tensor memory). Writes benchmarks/results/knn_mining_<device>.json.
 """
 import argparse
 import json
@@ -53,8 +53,10 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--batch-size', type=int, default=50)
     p.add_argument('--k', type=int, default=30)
-    p.add_argument('--out', default=str(Path(__file__).parent/'results'/'knn_mining_cpu.json'))
+    p.add_argument('--device', default='cpu', help='cpu or cuda (GPU memory is not measured)')
+    p.add_argument('--out', default=None, help='default: benchmarks/results/knn_mining_<device>.json')
     a = p.parse_args(argv)
+    a.out = a.out or str(Path(__file__).parent/'results'/f'knn_mining_{a.device.split(":")[0]}.json')
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     load_start = os.getloadavg()[0]
@@ -66,10 +68,10 @@ def main(argv=None):
         rss_before = rss_mb()
         tracemalloc.start()
         t0 = time.perf_counter()
-        g = pooled_features(model, _transform_of(ds, a.size, 'bilinear'), a.batch_size, 'cpu', verbose=False)
+        g = pooled_features(model, _transform_of(ds, a.size, 'bilinear'), a.batch_size, a.device, verbose=False)
         t_feats = time.perf_counter() - t0
         t0 = time.perf_counter()
-        nns = knn_from_features(g, a.k)
+        nns = knn_from_features(g, a.k, device=a.device)
         t_knn = time.perf_counter() - t0
         t0 = time.perf_counter()
         path = knn_file(tmp, 'vit_small_patch8_224-random', ds.stego_name, 'train', None, a.size)
@@ -81,7 +83,7 @@ def main(argv=None):
         assert nns.shape == (a.n_images, a.k) and bool((nns[:, 0] == torch.arange(a.n_images)).all())
         file_kb = path.stat().st_size/1024
     res = {
-        'benchmark': 'knn_mining', 'device': 'cpu', 'threads': a.threads, 'cpu_count': os.cpu_count(),
+        'benchmark': 'knn_mining', 'device': a.device, 'threads': a.threads, 'cpu_count': os.cpu_count(),
         'n_images': a.n_images, 'image_size': a.size, 'patches_per_image': (a.size//8)**2,
         'backbone': 'timm vit_small_patch8_224, random init (seed 0), eval mode, no grad', 'feature_dim': int(g.shape[1]),
         'batch_size': a.batch_size, 'k': a.k,
