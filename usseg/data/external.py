@@ -7,7 +7,7 @@ __all__ = ['RESOURCES', 'Resource', 'manual_steps', 'resource', 'ChecksumError',
            'UnpinnedChecksumWarning', 'lock_path', 'verify_or_record', 'DownloadError', 'download', 'serve_files',
            'UnsafeArchiveError', 'check_members', 'extract', 'fetch_resource']
 
-# %% ../../nbs/01_data.external.ipynb #913a4274
+# %% ../../nbs/01_data.external.ipynb #7ea5cf11
 import hashlib
 import http.client
 import http.server
@@ -26,7 +26,7 @@ import urllib.request
 import warnings
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
