@@ -6,8 +6,7 @@
 __all__ = ['pool_entries', 'build_reference_pool', 'renew_due', 'pool_thresholds', 'hidden_positives', 'lambda_schedule',
            'hp_loss', 'neighbourhood_mask', 'lhp_attention', 'propagate_code', 'consistency_loss', 'HpConfig']
 
-# %% ../../nbs/21_losses.hp.ipynb #37ebd0a2
-import math
+# %% ../../nbs/21_losses.hp.ipynb #784068bd
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +68,7 @@ def lambda_schedule(step:int, # global iteration t, counted from 0
     if total <= warmup: raise ValueError(f'total iterations ({total}) must exceed the warm-up ({warmup})')
     return 0.0 if step <= warmup else (step - warmup) / (total - warmup)
 
-# %% ../../nbs/21_losses.hp.ipynb #43e1907d
+# %% ../../nbs/21_losses.hp.ipynb #ad6e34ab
 def _anchor_terms(za, z, w, denom, pi, tau, base_temperature):
     "Eq. (4)-(5) for one image's kept anchors: the mean of pi_i * L_i."
     logits = za @ z.T / tau                                               # (k, M)
@@ -91,7 +90,7 @@ def hp_loss(z:Tensor, # (M, D) normalised projections of the trained codes, M = 
             z_lhp:Tensor|None=None, # (M, D) normalised projections of the locally propagated codes (LHP term)
             base_temperature:float=0.07, # SupCon's base temperature: the loss is scaled by tau/base_temperature
             reweighting:bool=True, # the anchor weights pi of Eq. (5)
-            generator:torch.Generator|None=None, # random source for the denominator sampling, on the inputs' device
+            generator:torch.Generator|None=None, # random source for the denominator sampling (None: the global one)
            ) -> tuple:
     "HP's loss: `(loss, parts)`, the mean over images of (GPC + LHP) / 2, Eqs. (2), (4), (5)."
     M, N = z.shape[0], patches_per_image
@@ -101,7 +100,10 @@ def hp_loss(z:Tensor, # (M, D) normalised projections of the trained codes, M = 
                          + ('' if z_lhp is None else f', {z_lhp.shape[0]}'))
     n_img, dev, dt = M // N, z.device, z.dtype
     r, q = pool_thresholds(f, pool_ag), pool_thresholds(e, pool_sp)      # Eq. (1)
-    sampled = (torch.rand((N, M), generator=generator, device=dev, dtype=torch.float32) < rho) if rho < 1 else torch.ones(N, M, dtype=torch.bool, device=dev)
+    if rho < 1:                                                           # u ~ U(0, 1), one draw per call
+        gdev = generator.device if generator is not None else dev
+        sampled = (torch.rand((N, M), generator=generator, device=gdev, dtype=torch.float32) < rho).to(dev)
+    else: sampled = torch.ones(N, M, dtype=torch.bool, device=dev)
     gpc, lhp = z.new_zeros(()), z.new_zeros(())
     ar = torch.arange(N, device=dev)
     for b in range(n_img):

@@ -6,8 +6,8 @@
 __all__ = ['norm', 'tensor_correlation', 'sample', 'pointwise_normalize', 'correspondence_pair_loss', 'super_perm', 'derangement',
            'stego_loss', 'StegoLoss', 'StegoConfig']
 
-# %% ../../nbs/20_losses.stego.ipynb #ba35fecc
-from dataclasses import asdict, dataclass, fields, replace
+# %% ../../nbs/20_losses.stego.ipynb #67b7eecc
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ def derangement(size:int, # batch size B >= 2
         perm = torch.randperm(size, device=device, generator=generator)
         if (perm != ar).all(): return perm
 
-# %% ../../nbs/20_losses.stego.ipynb #b4e21e87
+# %% ../../nbs/20_losses.stego.ipynb #b192554c
 def stego_loss(feats:Tensor, # (B, C, h, w) backbone features of the images (STEGO: their dropped-out copy)
                feats_pos:Tensor, # (B, C, h, w) features of each image's KNN partner
                code:Tensor, # (B, D, h, w) head output for the images
@@ -106,9 +106,9 @@ def stego_loss(feats:Tensor, # (B, C, h, w) backbone features of the images (STE
     B, dev = feats.shape[0], feats.device
     kw = dict(pointwise=pointwise, zero_clamp=zero_clamp, stabilize=stabilize)
     shape = (B, feature_samples, feature_samples, 2)
-    dt = feats.dtype
-    coords1 = torch.rand(shape, device=dev, dtype=dt, generator=generator) * 2 - 1   # points on x
-    coords2 = torch.rand(shape, device=dev, dtype=dt, generator=generator) * 2 - 1   # points on the partner
+    dt, gdev = feats.dtype, (generator.device if generator is not None else dev)   # draw where the generator lives
+    coords1 = (torch.rand(shape, device=gdev, dtype=dt, generator=generator) * 2 - 1).to(dev)   # points on x
+    coords2 = (torch.rand(shape, device=gdev, dtype=dt, generator=generator) * 2 - 1).to(dev)   # points on the partner
     f1, c1 = sample(feats, coords1), sample(code, coords1.to(code.dtype))
     f2, c2 = sample(feats_pos, coords2), sample(code_pos, coords2.to(code.dtype))
     l_self, cd_self = correspondence_pair_loss(f1, f1, c1, c1, pos_intra_shift, **kw)
@@ -116,7 +116,7 @@ def stego_loss(feats:Tensor, # (B, C, h, w) backbone features of the images (STE
     perm_fn = super_perm if negatives == 'super_perm' else derangement
     l_rand, cd_rand = [], []
     for _ in range(neg_samples):
-        perm = perm_fn(B, device=dev, generator=generator)
+        perm = perm_fn(B, device=gdev, generator=generator).to(dev)
         l, cd = correspondence_pair_loss(f1, sample(feats[perm], coords2), c1, sample(code[perm], coords2.to(code.dtype)),
                                          neg_inter_shift, **kw)
         l_rand.append(l); cd_rand.append(cd)
