@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from . import __version__
 from .core import atomic_save, atomic_write_text, default_device, make_palette, save_figure, seed_worker, set_seed, show_grid
 
-# %% ../nbs/40_learner.ipynb #2af9a1a2
+# %% ../nbs/40_learner.ipynb #ca4480f4
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 PROGRESS = ('auto', 'bar', 'lines', 'none')
 #: Settings a resumed run must share with its checkpoint (they decide the trajectory).
@@ -68,7 +68,7 @@ class TrainConfig:
     keep_every: int = 0          # also keep checkpoints/step_XXXXXXX.pt every N steps (a multiple of save_every)
     n_samples: int = 4           # images in the sample figure written at each evaluation; 0: none
     progress: str = 'auto'       # 'bar' (tqdm), 'lines' (plain text), 'none'; 'auto': bar in a terminal
-    compile: bool = False        # torch.compile the training step
+    compile: bool = False        # torch.compile the training step (steps 0 and 1 compile: the int `step` becomes dynamic)
     deterministic: bool = False  # ask PyTorch for deterministic kernels (slower on a GPU)
     find_unused_parameters: bool = False  # DDP: some trainable parameters get no gradient in a step
 
