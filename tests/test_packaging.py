@@ -33,7 +33,9 @@ else:
     r = py(code, HF_HUB_OFFLINE='1')
     assert r.returncode == 0, r.stderr
     secs, msg = r.stdout.split('\n', 1)
-    assert float(secs) < 1.0
+    # a hang guard, not a speed target: a network attempt would take tens of seconds. The time itself
+    # (about 0.5 s on an idle 2-core machine) is measured by benchmarks/offline_weights.py.
+    assert float(secs) < 15.0
     for needle in ("vit_small_patch8_224.dino", 'pretrained_cfg_overlay', '--weights', 'HF_HUB_OFFLINE=1'):
         assert needle in msg
 

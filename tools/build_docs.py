@@ -243,7 +243,7 @@ def add_heading_ids(body: str) -> str:
     def sub(m):
         lvl, attrs, text = m.group(1), m.group(2) or '', m.group(3)
         if 'id="' in attrs: return m.group(0)
-        slug = re.sub(r'[^a-z0-9_]+', '-', re.sub('<[^>]+>', '', html.unescape(text)).lower()).strip('-') or 'section'
+        slug = re.sub(r'[^a-z0-9_.]+', '-', re.sub('<[^>]+>', '', html.unescape(text)).lower()).strip('-.') or 'section'  # '.' kept: nbdev links `Class.method` as #class.method
         n = seen.get(slug, 0); seen[slug] = n + 1
         if n: slug = f'{slug}-{n}'
         return f'<h{lvl} id="{slug}"{attrs}>{text}</h{lvl}>'

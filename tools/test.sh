@@ -20,7 +20,7 @@ summary() {
 }
 stage install   python -m pip install -q -c constraints.txt -e ".[dev]"
 stage sync      python tools/check_sync.py
-stage nbdev_test nbdev_test --n_workers 2 --timing
+stage nbdev_test env OMP_NUM_THREADS=1 nbdev_test --n_workers 2 --timing
 stage docs      python tools/build_docs.py --force
 stage pytest    env USSEG_DOCS_DIR=_docs python -m pytest -q tests
 summary

@@ -81,7 +81,7 @@ def cache_dir(*parts:str, # sub-folders, e.g. `('features', 'camvid')`
     if create: p.mkdir(parents=True, exist_ok=True)
     return p
 
-# %% ../nbs/00_core.ipynb #426510ba
+# %% ../nbs/00_core.ipynb #e77b4ed5
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # the final file
                  mode:str='wb', # `wb` or `w`
@@ -90,6 +90,8 @@ def atomic_write(path:str|Path, # the final file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    umask = os.umask(0); os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it the usual permissions
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
