@@ -149,7 +149,19 @@ def dense_crf_batch(imgs:torch.Tensor, # `(B, 3, H, W)` ImageNet-normalised
     "pydensecrf over a batch: `(B, K, H, W)` marginals; a one-off `CRFPool` when `n_workers > 0`."
     with CRFPool(n_workers, timeout, params=params) as pool: return pool(imgs, logits)
 
-# %% ../nbs/31_crf.ipynb #a5260a9c
+# %% ../nbs/31_crf.ipynb #e5aecb63
+def _csr_rows(cols:torch.Tensor, # `(R, k)` column of each entry, -1 = no entry
+              vals:torch.Tensor, # `(R, k)` values
+              n_cols:int) -> torch.Tensor:
+    "Sparse CSR `(R, n_cols)` matrix with up to `k` entries per row (columns sorted within each row)."
+    R, k = cols.shape
+    big = torch.where(cols < 0, torch.full_like(cols, n_cols), cols)
+    big, perm = big.sort(1)
+    vals = vals.gather(1, perm)
+    keep = big < n_cols
+    crow = torch.cat([torch.zeros(1, dtype=torch.long, device=cols.device), keep.sum(1).cumsum(0)])
+    return torch.sparse_csr_tensor(crow, big[keep], vals[keep], (R, n_cols))
+
 class PermutohedralLattice:
     "Gaussian filter `x -> sum_j exp(-|f_i - f_j|^2/2) x_j` (up to a constant), approximated on a permutohedral lattice."
     def __init__(self, f:torch.Tensor, # `(N, d)` float features (already divided by the kernel widths)
@@ -195,27 +207,29 @@ class PermutohedralLattice:
         codes = self._encode(keys, g)
         uniq, inv = torch.unique(codes, return_inverse=True)
         M = self.M = len(uniq)
-        # 5. sparse splat (M x N), blur (d+1 of M x M) and slice (N x M) matrices
-        cols = torch.arange(N, device=dev).repeat_interleave(d + 1)
-        self.splat = torch.sparse_coo_tensor(torch.stack([inv, cols]), w.reshape(-1), (M, N)).coalesce().to_sparse_csr()
-        self.slice = torch.sparse_coo_tensor(torch.stack([cols, inv]), w.reshape(-1), (N, M)).coalesce().to_sparse_csr()
+        # 5. sparse splat (M x N), blur (d+1 of M x M) and slice (N x M) matrices, built directly in CSR form
+        inv = inv.reshape(N, d + 1)
+        self.slice = _csr_rows(inv, w, M)                                            # row i: the d+1 vertices of point i
+        order = torch.argsort(inv.reshape(-1), stable=True)                          # group the (point, vertex) pairs by vertex
+        crow = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), torch.bincount(inv.reshape(-1), minlength=M).cumsum(0)])
+        self.splat = torch.sparse_csr_tensor(crow, order//(d + 1), w.reshape(-1)[order], (M, N))
         ukeys, ug = self._decode(uniq)
         rows = torch.arange(M, device=dev)
+        half = torch.full((M,), 0.5, device=dev)
         self.blur = []
         for a in range(d + 1):                      # neighbours along lattice direction a: key -/+ (1, ..., 1) with +/-d at a
             n1, n2 = ukeys - 1, ukeys + 1
             if a < d: n1[:, a], n2[:, a] = ukeys[:, a] + d, ukeys[:, a] - d
-            i1, i2 = self._find(uniq, n1, ug), self._find(uniq, n2, ug)
-            k1, k2 = i1 >= 0, i2 >= 0
-            idx = torch.stack([torch.cat([rows, rows[k1], rows[k2]]), torch.cat([rows, i1[k1], i2[k2]])])
-            val = torch.cat([torch.ones(M, device=dev), torch.full((int(k1.sum()) + int(k2.sum()),), 0.5, device=dev)])
-            self.blur.append(torch.sparse_coo_tensor(idx, val, (M, M)).coalesce().to_sparse_csr())
+            cols = torch.stack([rows, self._find(uniq, n1, ug), self._find(uniq, n2, ug)], 1)   # (M, 3), -1 = no neighbour
+            vals = torch.stack([torch.ones(M, device=dev), half, half], 1)
+            self.blur.append(_csr_rows(cols, vals, M))
         self.alpha = 1/(1 + 2**(-d))
 
-    def _encode(self, k, g):
-        c = g.clone()
-        for a in range(k.shape[1]): c = c*self._span[a] + (k[:, a] - self._lo[a])
-        return c
+    def _encode(self, k, g):   # mixed-radix integer code of (group, key)
+        mult = torch.ones(self.d + 1, dtype=torch.long, device=k.device)
+        if self.d > 1: mult[:self.d - 1] = torch.flip(torch.cumprod(torch.flip(self._span[1:], [0]), 0), [0])
+        mult[self.d] = int(torch.prod(self._span))
+        return ((k - self._lo)*mult[:self.d]).sum(1) + g*mult[self.d]
 
     def _decode(self, c):
         out = []
