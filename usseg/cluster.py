@@ -200,7 +200,7 @@ def kmeans(x, n_clusters:int, **kwargs) -> KMeans:
     "Fit `KMeans(n_clusters, **kwargs)` on `x` and return it."
     return KMeans(n_clusters, **kwargs).fit(x)
 
-# %% ../nbs/30_cluster.ipynb #be00328d
+# %% ../nbs/30_cluster.ipynb #bc0ed1b2
 class ClusterLookup(nn.Module):
     "STEGO's cluster probe: `K` learnable centroids scored by cosine similarity; returns `(loss, probs)`."
     def __init__(self, dim:int, # D, the code dimension

@@ -54,7 +54,7 @@ def crf_inputs(imgs:torch.Tensor, # `(B, 3, H, W)` ImageNet-normalised
     if logits.shape[-2:] != (H, W): logits = F.interpolate(logits, (H, W), mode='bilinear', align_corners=False)
     return u8.contiguous(), F.softmax(logits, dim=1)
 
-# %% ../nbs/31_crf.ipynb #fd3aef46
+# %% ../nbs/31_crf.ipynb #bfa7b180
 def _require_pydensecrf():
     try:
         import pydensecrf.densecrf as dcrf
@@ -85,7 +85,7 @@ def dense_crf(img:torch.Tensor, # `(3, H, W)` ImageNet-normalised
     u8, p = crf_inputs(img[None], logits[None], params)
     return torch.from_numpy(densecrf_numpy(u8[0].cpu().numpy(), p[0].cpu().numpy(), params))
 
-# %% ../nbs/31_crf.ipynb #b05e80be
+# %% ../nbs/31_crf.ipynb #58d34218
 class CRFPool:
     "Runs pydensecrf over a batch in worker processes, with a per-task timeout and a serial fallback."
     def __init__(self, n_workers:int|None=None, # processes; None: CPU count; 0: serial
@@ -149,7 +149,7 @@ def dense_crf_batch(imgs:torch.Tensor, # `(B, 3, H, W)` ImageNet-normalised
     "pydensecrf over a batch: `(B, K, H, W)` marginals; a one-off `CRFPool` when `n_workers > 0`."
     with CRFPool(n_workers, timeout, params=params) as pool: return pool(imgs, logits)
 
-# %% ../nbs/31_crf.ipynb #e5aecb63
+# %% ../nbs/31_crf.ipynb #17033dca
 def _csr_rows(cols:torch.Tensor, # `(R, k)` column of each entry, -1 = no entry
               vals:torch.Tensor, # `(R, k)` values
               n_cols:int) -> torch.Tensor:
@@ -248,7 +248,7 @@ class PermutohedralLattice:
         for b in self.blur: v = b @ v
         return (self.slice @ v)*self.alpha
 
-# %% ../nbs/31_crf.ipynb #bc76f83b
+# %% ../nbs/31_crf.ipynb #10d7d5d0
 def _gauss_conv(q, sxy):
     "Exact spatial Gaussian filter of `(B, K, H, W)` maps: separable, truncated at 4 sigma, zero outside the image."
     r = max(1, math.ceil(4*sxy))

@@ -144,7 +144,7 @@ class EvalResult:
         parts = [f'{k} acc {getattr(self, k)["acc"]:.2f} mIoU {getattr(self, k)["miou"]:.2f}' for k in ('cluster', 'linear') if getattr(self, k) is not None]
         return f'EvalResult({self.n_images} images; ' + '; '.join(parts) + ')'
 
-# %% ../nbs/33_evaluate.ipynb #2722319e
+# %% ../nbs/33_evaluate.ipynb #4e494686
 def _collate(items):
     return {'img': torch.stack([it['img'] for it in items]), 'label': torch.stack([torch.as_tensor(it['label']) for it in items])}
 
@@ -218,7 +218,7 @@ def evaluate(model, # callable img (B, 3, H, W) -> code (B, D, h, w)
     return EvalResult(res.get('cluster'), res.get('linear'), seen, rec, time.time() - t0, metrics,
                       {'cluster': cluster_head, 'linear': linear_head})
 
-# %% ../nbs/33_evaluate.ipynb #ca080bdb
+# %% ../nbs/33_evaluate.ipynb #7ebf0e16
 def choose_fit_split(available:list, # splits the dataset has, e.g. ['val', 'test']
                      eval_split:str, # the split that will be reported
                      transductive:bool=False, # fit on the reported split itself
@@ -287,7 +287,7 @@ def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e
     res.seconds += fit_seconds
     return res
 
-# %% ../nbs/33_evaluate.ipynb #84d83992
+# %% ../nbs/33_evaluate.ipynb #481bd3dd
 def read_image(path:str|Path, # an image file PIL can read
                max_size:int|None=None, # shrink so the longer side is at most this
                multiple:int=8, # crop to a multiple of the patch size
