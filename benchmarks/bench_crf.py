@@ -3,11 +3,13 @@
 
     python benchmarks/bench_crf.py [--n-images 8] [--workers 2]
 
-Images: 320x320 crops of the CamVid photos in ../shared/data when present (real colour statistics matter:
-the bilateral lattice grows with the number of distinct colours), else synthetic scenes. Logits: a random
+Images: 320x320 crops of the CamVid photos in $USSEG_SHARED_DATA (default ../shared/data) when present (real colour statistics matter:
+the bilateral lattice grows with the number of distinct colours), else synthetic scenes. Times: the
+fastest of two runs. Logits: a random
 field at patch resolution (40x40), upsampled, like a ViT-S/8 head's output. Writes results/crf.json.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,8 @@ from _common import machine, timeit, write  # noqa: E402
 from usseg.core import normalize  # noqa: E402
 from usseg.crf import CRFPool, crf_torch, dense_crf_batch  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent/'shared'/'data'/'camvid_segnet'/'CamVid'/'test'
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get('USSEG_SHARED_DATA', ROOT.parent/'shared'/'data'))/'camvid_segnet'/'CamVid'/'test'
 
 
 def images(n, size=320):
@@ -29,7 +32,7 @@ def images(n, size=320):
         from PIL import Image
         files = sorted(SHARED.glob('*.png'))[:n]
         ims = [np.asarray(Image.open(f).convert('RGB'))[20:20+size, 80:80+size] for f in files]
-        src = f'CamVid test crops ({SHARED})'
+        src = 'CamVid test (SegNet copy in the shared data folder): first images, crop rows 20:340, columns 80:400'
     else:
         from usseg.data.synthetic import SyntheticScenes
         ds = SyntheticScenes('val', n_images=n, size=size, n_classes=8)
@@ -49,21 +52,29 @@ def main():
     logits = 3*torch.randn(a.n_images, a.classes, 40, 40)
     res = {'machine': machine(), 'images': src, 'n_images': a.n_images, 'size': [320, 320], 'classes': a.classes,
            'settings': 'CRFParams() (10 iterations, upstream constants)'}
-    t = time.perf_counter(); ref = dense_crf_batch(imgs, logits); dt = time.perf_counter() - t
+    def best(fn, repeat=2):   # the CPUs are shared: keep the fastest of `repeat` runs
+        ts, out = [], None
+        for _ in range(repeat):
+            t = time.perf_counter(); out = fn(); ts.append(time.perf_counter() - t)
+        return out, min(ts)
+    ref, dt = best(lambda: dense_crf_batch(imgs, logits))
     res['pydensecrf_serial_s_per_image'] = round(dt/a.n_images, 4)
     t = time.perf_counter()
     with CRFPool(a.workers, timeout=600) as pool:
         pool(imgs[:2], logits[:2])                                  # start the workers
         startup = time.perf_counter() - t
-        t = time.perf_counter(); pooled = pool(imgs, logits); dt = time.perf_counter() - t
+        pooled, dt = best(lambda: pool(imgs, logits))
         assert pool.broken is None, pool.broken
     res['pydensecrf_pool'] = {'workers': a.workers, 'start_method': 'spawn', 's_per_image': round(dt/a.n_images, 4),
                               'startup_and_first_2_images_s': round(startup, 2)}
     assert (pooled - ref).abs().max() < 1e-6
-    for bs in (1, 4):
-        t = time.perf_counter(); q = torch.cat([crf_torch(imgs[i:i+bs], logits[i:i+bs]) for i in range(0, a.n_images, bs)])
-        dt = time.perf_counter() - t
-        res[f'crf_torch_cpu_batch{bs}_s_per_image'] = round(dt/a.n_images, 4)
+    threads = torch.get_num_threads()
+    for th in sorted({1, threads}):      # on a loaded machine, OpenMP threads that wait on each other cost more than they give
+        torch.set_num_threads(th)
+        for bs in (1, 4):
+            q, dt = best(lambda: torch.cat([crf_torch(imgs[i:i+bs], logits[i:i+bs]) for i in range(0, a.n_images, bs)]))
+            res[f'crf_torch_cpu_{th}thread_batch{bs}_s_per_image'] = round(dt/a.n_images, 4)
+    torch.set_num_threads(threads)
     d = (q - ref).abs()
     res['crf_torch_vs_pydensecrf'] = {'mean_abs_dp': float(d.mean()), 'max_abs_dp': float(d.max()),
                                       'label_agreement_pct': round(100*float((q.argmax(1) == ref.argmax(1)).float().mean()), 4)}

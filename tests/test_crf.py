@@ -69,7 +69,18 @@ def test_no_iterations_is_the_softmax(noisy):
 def test_batched_equals_one_by_one(noisy):
     imgs, labels, logits, ref = noisy
     whole = crf_torch(imgs[:3], logits[:3])
-    for i in range(3): assert (crf_torch(imgs[i:i+1], logits[i:i+1]) - whole[i:i+1]).abs().max() < 1e-4
+    shared = crf_torch(imgs[:3], logits[:3], shared_lattice=True)      # the GPU code path, run on the CPU
+    for i in range(3):
+        one = crf_torch(imgs[i:i+1], logits[i:i+1])
+        assert (one - whole[i:i+1]).abs().max() < 1e-4 and (one - shared[i:i+1]).abs().max() < 1e-4
+
+
+def test_grouped_lattice_keeps_groups_apart():
+    g = torch.Generator().manual_seed(0)
+    f, x = 10*torch.rand(2, 300, 5, generator=g), torch.rand(2, 300, 3, generator=g)
+    L = PermutohedralLattice(f.reshape(600, 5), torch.arange(2).repeat_interleave(300))
+    sep = torch.cat([PermutohedralLattice(fi)(xi) for fi, xi in zip(f, x)])
+    assert torch.allclose(L(x.reshape(600, 3)), sep, atol=1e-5)
 
 
 def test_lattice_is_a_gaussian_filter():

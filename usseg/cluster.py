@@ -83,7 +83,7 @@ def kmeans_plusplus(x:torch.Tensor, # `(N, D)` prepared points
         chosen.append(int(cand[best])); d = dc[:, best]
     return x[torch.tensor(chosen, device=x.device)].clone()
 
-# %% ../nbs/30_cluster.ipynb #eee33ef7
+# %% ../nbs/30_cluster.ipynb #b1680008
 def _faiss():
     try:
         import faiss
@@ -127,13 +127,14 @@ class KMeans:
             if self.metric == 'cosine': c = F.normalize(c, dim=1)
         return c, it
 
-    def _fit_faiss(self, x, seed):
+    def _fit_faiss(self, x, seed, x_sq=None):
         faiss = _faiss()
         xn = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        c0 = kmeans_plusplus(x, self.n_clusters, self.metric, seed, batch_size=self.batch_size, x_sq=x_sq)
         km = faiss.Kmeans(xn.shape[1], self.n_clusters, niter=self.max_iter, seed=seed, verbose=self.verbose,
                           spherical=self.metric == 'cosine', max_points_per_centroid=len(xn)//self.n_clusters + 1,
                           min_points_per_centroid=1)
-        km.train(xn)
+        km.train(xn, init_centroids=np.ascontiguousarray(c0.numpy(), dtype=np.float32))
         return torch.from_numpy(km.centroids.copy()), self.max_iter
 
     def fit(self, x, # `(N, D)` points (tensor or array); CUDA tensors run on the GPU
@@ -148,7 +149,7 @@ class KMeans:
         best, x_sq = None, sq_norms(x, self.metric, self.batch_size)
         for r in range(self.n_init):
             seed = self.seed + r
-            if backend == 'faiss': c, n_iter = self._fit_faiss(x, seed)
+            if backend == 'faiss': c, n_iter = self._fit_faiss(x, seed, x_sq)
             else: c, n_iter = self._lloyd(x, kmeans_plusplus(x, self.n_clusters, self.metric, seed, batch_size=self.batch_size, x_sq=x_sq), x_sq)
             labels, d = nearest(x, c, self.metric, self.batch_size, x_sq)
             inertia = float(d.double().sum())
@@ -200,7 +201,7 @@ def kmeans(x, n_clusters:int, **kwargs) -> KMeans:
     "Fit `KMeans(n_clusters, **kwargs)` on `x` and return it."
     return KMeans(n_clusters, **kwargs).fit(x)
 
-# %% ../nbs/30_cluster.ipynb #bc0ed1b2
+# %% ../nbs/30_cluster.ipynb #4953cf71
 class ClusterLookup(nn.Module):
     "STEGO's cluster probe: `K` learnable centroids scored by cosine similarity; returns `(loss, probs)`."
     def __init__(self, dim:int, # D, the code dimension

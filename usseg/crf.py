@@ -248,7 +248,7 @@ class PermutohedralLattice:
         for b in self.blur: v = b @ v
         return (self.slice @ v)*self.alpha
 
-# %% ../nbs/31_crf.ipynb #10d7d5d0
+# %% ../nbs/31_crf.ipynb #4a44fcc9
 def _gauss_conv(q, sxy):
     "Exact spatial Gaussian filter of `(B, K, H, W)` maps: separable, truncated at 4 sigma, zero outside the image."
     r = max(1, math.ceil(4*sxy))
@@ -270,6 +270,7 @@ class _DenseGauss:
         d = torch.cdist(self.f[:, s:e], self.f, compute_mode='donot_use_mm_for_euclid_dist')   # exact differences, no |a|^2 - 2ab + |b|^2 cancellation
         return torch.exp(-0.5*d*d)
     def __call__(self, x):   # (B, N, C)
+        x = x.float()
         if self.k is not None: return self.k @ x
         out = torch.empty_like(x)
         for s in range(0, x.shape[1], self.chunk): out[:, s:s+self.chunk] = self._block(s, s + self.chunk) @ x
@@ -297,6 +298,7 @@ def crf_torch(imgs:torch.Tensor, # `(B, 3, H, W)` ImageNet-normalised
               params:CRFParams|None=None,
               kernel:str='lattice', # `lattice` (pydensecrf's approximation) or `exact` (dense, small images)
               max_exact_pixels:int=128*128, # refuse `exact` above this many pixels per image
+              shared_lattice:bool|None=None, # one lattice for the whole batch; default: on a GPU yes, on a CPU no
              ) -> torch.Tensor:
     "Mean-field dense CRF marginals `(B, K, H, W)` in PyTorch, batched, on the device of `imgs`."
     params = params or CRFParams()
@@ -307,27 +309,27 @@ def crf_torch(imgs:torch.Tensor, # `(B, 3, H, W)` ImageNet-normalised
     if kernel == 'exact' and N > max_exact_pixels:
         raise ValueError(f"kernel='exact' is O(N^2): {H}x{W} = {N} pixels exceeds max_exact_pixels={max_exact_pixels}; "
                          "use kernel='lattice' or raise max_exact_pixels")
-    unary = -torch.log(prob.clamp(params.clip, 1.0))                                   # (B, K, H, W)
-    fb = _bilateral_features(u8, params)                                              # (B, N, 5)
+    unary = -torch.log(prob.clamp(params.clip, 1.0)).permute(0, 2, 3, 1).reshape(B, N, K)   # (B, N, K): pixels x labels
+    fb = _bilateral_features(u8, params)                                                     # (B, N, 5)
     if kernel == 'lattice':
-        lg = _gauss_lattice(H, W, params.gauss_sxy, imgs.device)
-        lb = PermutohedralLattice(fb.reshape(B*N, 5), torch.arange(B, device=imgs.device).repeat_interleave(N))
-        def gauss(q):   # (B, k, H, W) -> same; one lattice for every image: images and labels are columns
-            k = q.shape[1]
-            return lg(q.permute(2, 3, 0, 1).reshape(N, B*k)).reshape(H, W, B, k).permute(2, 3, 0, 1)
-        def bilateral(q):
-            k = q.shape[1]
-            return lb(q.permute(0, 2, 3, 1).reshape(B*N, k)).reshape(B, H, W, k).permute(0, 3, 1, 2)
+        lg = _gauss_lattice(H, W, params.gauss_sxy, imgs.device)       # one lattice for every image of this size
+        gauss = lambda q: torch.stack([lg(x) for x in q])              # image by image: narrow products are faster
+        if shared_lattice is None: shared_lattice = imgs.device.type != 'cpu'
+        if not shared_lattice:                                         # CPU: one small lattice per image (cache-friendly)
+            lbs = [PermutohedralLattice(f) for f in fb]
+            bilateral = lambda q: torch.stack([L(x) for L, x in zip(lbs, q)])
+        else:                                                          # GPU: one lattice for the batch, image index in the keys
+            lb = PermutohedralLattice(fb.reshape(B*N, 5), torch.arange(B, device=imgs.device).repeat_interleave(N))
+            bilateral = lambda q: lb(q.reshape(B*N, -1)).reshape(B, N, -1)
     else:
-        gauss = lambda q: _gauss_conv(q, params.gauss_sxy)
-        dense = _DenseGauss(fb)
-        def bilateral(q):
-            k = q.shape[1]
-            return dense(q.permute(0, 2, 3, 1).reshape(B, N, k)).reshape(B, H, W, k).permute(0, 3, 1, 2)
-    ones = torch.ones(B, 1, H, W, device=imgs.device)
-    ng, nb = gauss(ones).clamp_min(1e-20).rsqrt(), bilateral(ones).clamp_min(1e-20).rsqrt()   # (B, 1, H, W)
-    q = F.softmax(-unary, 1)
+        def gauss(q):
+            k = q.shape[-1]
+            return _gauss_conv(q.transpose(1, 2).reshape(B, k, H, W), params.gauss_sxy).reshape(B, k, N).transpose(1, 2)
+        bilateral = _DenseGauss(fb)
+    ones = torch.ones(B, N, 1, device=imgs.device)
+    ng, nb = gauss(ones).clamp_min(1e-20).rsqrt(), bilateral(ones).clamp_min(1e-20).rsqrt()   # (B, N, 1)
+    q = F.softmax(-unary, -1)
     for _ in range(params.n_iter):
         msg = params.gauss_compat*ng*gauss(q*ng) + params.bi_compat*nb*bilateral(q*nb)   # Eq. (1)
-        q = F.softmax(msg - unary, 1)
-    return q
+        q = F.softmax(msg - unary, -1)
+    return q.reshape(B, H, W, K).permute(0, 3, 1, 2)
