@@ -1,4 +1,5 @@
-"""The installed `usseg` command: the demo runs, bad arguments give one line and write nothing."""
+"""The installed `usseg` command: the demo, a train -> evaluate -> predict round trip, and one-line errors that write nothing."""
+import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ USSEG = shutil.which('usseg') or str(Path(sys.executable).with_name('usseg'))
 
 
 def run(*args, cwd=None):
-    return subprocess.run([USSEG, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([USSEG, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
 def test_version():
@@ -18,19 +19,47 @@ def test_version():
     assert r.returncode == 0 and r.stdout.startswith('usseg ')
 
 
-def test_demo_writes_figure(tmp_path):
-    r = run('demo', '--out', str(tmp_path/'out'), '--n-images', '3', '--size', '48')
+def test_demo_writes_figure_and_json(tmp_path):
+    r = run('demo', '--out', tmp_path/'out', '--n-images', '8', '--size', '48', '--device', 'cpu')
     assert r.returncode == 0, r.stderr
-    png = tmp_path/'out'/'scenes.png'
-    assert png.read_bytes()[:4] == b'\x89PNG'
-    assert 'sky' in r.stdout
+    assert (tmp_path/'out'/'demo.png').read_bytes()[:4] == b'\x89PNG'
+    res = json.loads((tmp_path/'out'/'demo.json').read_text())
+    assert res['n_images'] == 8 and 0 <= res['miou'] <= 100
+    assert 'mIoU' in r.stdout
 
 
-@pytest.mark.parametrize('args', [['demo', '--size', '4'], ['demo', '--n-images', '0'], ['demo', '--size', 'x'],
-                                  ['demo', '--bogus'], ['nope'], []])
+def test_train_evaluate_predict_round_trip(tmp_path):
+    "usseg train then usseg evaluate --json on synthetic scenes with --weights random --image-size 64 on CPU (issue 5)."
+    r = run('train', 'probe', '--dataset', 'synthetic', '--data-root', tmp_path/'data', '--out', tmp_path/'run',
+            '--backbone', 'vit_tiny8', '--weights', 'random', '--steps', '6', '--batch-size', '4', '--image-size', '64',
+            '--device', 'cpu', '--n-images', '8', '--n-classes', '5')
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path/'run'/'checkpoints'/'last.pt').is_file() and (tmp_path/'run'/'config.json').is_file()
+    r = run('evaluate', tmp_path/'run', '--json', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)            # stdout is JSON and nothing else
+    assert res['n_images'] == 8 and 0 <= res['acc'] <= 100 and 0 <= res['miou'] <= 100
+    assert res['linear']['acc'] >= 0 and len(res['cluster']['assignment']) == 5
+    imgs = next((tmp_path/'data'/'synthetic').iterdir())/'val'/'img'
+    r = run('predict', tmp_path/'run', imgs, '--out', tmp_path/'pred', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path/'pred').glob('*_overlay.png'))) == 8
+
+
+@pytest.mark.parametrize('args', [
+    ['demo', '--size', '4'], ['demo', '--n-images', '0'], ['demo', '--size', 'x'], ['demo', '--bogus'], ['nope'], [],
+    ['train', 'stego', '--dataset', 'synthetic'],                                     # --out missing
+    ['train', 'probe', '--dataset', 'nowhere', '--out', 'r'],                         # unknown dataset
+    ['train', 'probe', '--dataset', 'synthetic', '--out', 'r', '--weights', 'w.pth'],  # no such weights file
+    ['train', 'probe', '--dataset', 'camvid', '--data-root', 'missing', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8'],
+    ['train', 'maskcontrast', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random'],
+    ['evaluate', 'no_run'], ['predict', 'no_run', 'x.png', '--out', 'o'],
+    ['baseline', '--dataset', 'camvid', '--data-root', 'missing', '--weights', 'random'],
+    ['data', 'prepare', 'cityscapes27', '--root', 'd', '--no-download'],
+])
 def test_bad_arguments_one_line_nothing_written(tmp_path, args):
     r = run(*args, cwd=tmp_path)
-    assert r.returncode == 2
+    assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and 'error' in lines[0]
-    assert list(tmp_path.iterdir()) == []
+    assert len(lines) == 1 and 'error' in lines[0], r.stderr
+    assert not (tmp_path/'r').exists() and not (tmp_path/'o').exists()

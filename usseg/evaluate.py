@@ -285,6 +285,7 @@ def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e
     res = evaluate(feature_fn, eval_dataset, km, alpha=alpha, flip=flip, crf=crf, crf_params=crf_params, crf_workers=crf_workers,
                    upsample=upsample, batch_size=batch_size, device=device, max_images=max_images, settings=rec, progress=progress)
     res.seconds += fit_seconds
+    res.heads['kmeans'] = km   # the fitted centroids, e.g. for predict_masks
     return res
 
 # %% ../nbs/33_evaluate.ipynb #481bd3dd
