@@ -65,3 +65,16 @@ def test_bad_arguments_one_line_nothing_written(tmp_path, args):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and 'error' in lines[0], r.stderr
     assert not (tmp_path/'r').exists() and not (tmp_path/'o').exists()
+
+
+def test_baseline_on_real_camvid():
+    "`usseg baseline --dataset camvid` on the real CamVid copy with a random ViT-S/8 (issue 4; small here, full run in the notes)."
+    from usseg.data import shared_data
+    root = shared_data('camvid_segnet')
+    if root is None: pytest.skip('the CamVid copy (../shared/data/camvid_segnet, or $USSEG_SHARED_DATA) is not present')
+    r = run('baseline', '--dataset', 'camvid', '--data-root', root, '--backbone', 'dino_vits8', '--weights', 'random',
+            '--image-size', '64', '--max-images', '6', '--device', 'cpu', '--json')
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res['n_images'] == 6 and res['settings']['fit']['split'] == 'test' and not res['settings']['fit']['transductive']
+    assert len(res['cluster']['iou']) == 11 and 0 < res['acc'] < 100

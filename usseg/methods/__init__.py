@@ -245,7 +245,7 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
           eval_every:int=0, eval_images:int|None=None, # evaluate every N steps (0: at the end); at most N images
           save_every:int=500, num_workers:int=0, precision:str='fp32', progress:str='auto',
           train_split:str='train', eval_split:str='val', five_crop:bool|None=None, image_interp:str='bilinear',
-          dataset_kw:dict|None=None) -> 'Run':
+          dataset_kw:dict|None=None):
     "Train `method` on `dataset` into the run directory `out`; returns the `Run`."
     M = get_method(method)
     smoke = smoke_mode() if smoke is None else smoke
