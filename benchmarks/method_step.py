@@ -35,6 +35,7 @@ from _common import machine, write  # noqa: E402
 
 class RandomImages(torch.utils.data.Dataset):
     "Random normalised images and labels of one size (what the pools and the learner's bookkeeping read)."
+    transform = None                                     # HP's `training_data` wraps the split's transform
     def __init__(self, n, size, n_classes): self.n, self.size, self.k = n, size, n_classes
     def __len__(self): return self.n
     def __getitem__(self, i):
