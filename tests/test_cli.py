@@ -20,12 +20,14 @@ def test_version():
 
 
 def test_demo_writes_figure_and_json(tmp_path):
-    r = run('demo', '--out', tmp_path/'out', '--n-images', '8', '--size', '48', '--device', 'cpu')
+    r = run('demo', '--out', tmp_path/'out', '--n-images', '8', '--size', '48', '--steps', '4', '--device', 'cpu')
     assert r.returncode == 0, r.stderr
     assert (tmp_path/'out'/'demo.png').read_bytes()[:4] == b'\x89PNG'
     res = json.loads((tmp_path/'out'/'demo.json').read_text())
     assert res['n_images'] == 8 and 0 <= res['miou'] <= 100
-    assert 'mIoU' in r.stdout
+    assert res['settings']['steps'] == 4 and (tmp_path/'out'/'stego_run'/'checkpoints'/'last.pt').is_file()
+    assert abs(res['gain']['miou'] - (res['stego']['miou'] - res['kmeans']['miou'])) < 1e-9   # the gain over k-means is reported
+    assert 'mIoU' in r.stdout and 'over k-means' in r.stdout
 
 
 def test_train_evaluate_predict_round_trip(tmp_path):
