@@ -20,12 +20,14 @@ def test_version():
 
 
 def test_demo_writes_figure_and_json(tmp_path):
-    r = run('demo', '--out', tmp_path/'out', '--n-images', '8', '--size', '48', '--device', 'cpu')
+    r = run('demo', '--out', tmp_path/'out', '--n-images', '8', '--size', '48', '--steps', '4', '--device', 'cpu')
     assert r.returncode == 0, r.stderr
     assert (tmp_path/'out'/'demo.png').read_bytes()[:4] == b'\x89PNG'
     res = json.loads((tmp_path/'out'/'demo.json').read_text())
     assert res['n_images'] == 8 and 0 <= res['miou'] <= 100
-    assert 'mIoU' in r.stdout
+    assert res['settings']['steps'] == 4 and (tmp_path/'out'/'stego_run'/'checkpoints'/'last.pt').is_file()
+    assert abs(res['gain']['miou'] - (res['stego']['miou'] - res['kmeans']['miou'])) < 1e-9   # the gain over k-means is reported
+    assert 'mIoU' in r.stdout and 'over k-means' in r.stdout
 
 
 def test_train_evaluate_predict_round_trip(tmp_path):
@@ -63,3 +65,16 @@ def test_bad_arguments_one_line_nothing_written(tmp_path, args):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and 'error' in lines[0], r.stderr
     assert not (tmp_path/'r').exists() and not (tmp_path/'o').exists()
+
+
+def test_baseline_on_real_camvid():
+    "`usseg baseline --dataset camvid` on the real CamVid copy with a random ViT-S/8 (issue 4; small here, full run in the notes)."
+    from usseg.data import shared_data
+    root = shared_data('camvid_segnet')
+    if root is None: pytest.skip('the CamVid copy (../shared/data/camvid_segnet, or $USSEG_SHARED_DATA) is not present')
+    r = run('baseline', '--dataset', 'camvid', '--data-root', root, '--backbone', 'dino_vits8', '--weights', 'random',
+            '--image-size', '64', '--max-images', '6', '--device', 'cpu', '--json')
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res['n_images'] == 6 and res['settings']['fit']['split'] == 'test' and not res['settings']['fit']['transductive']
+    assert len(res['cluster']['iou']) == 11 and 0 < res['acc'] < 100

@@ -233,48 +233,74 @@ def cmd_data_prepare(a):
                         num_workers=a.num_workers, saliency=a.saliency)
     print('ready: ' + ', '.join(f'{k} {v} images' for k, v in s['splits'].items()))
 
-# %% ../nbs/42_cli.ipynb #541e1e55
+# %% ../nbs/42_cli.ipynb #bf2622c6
 def demo(out:str|Path='usseg_demo', # output folder
-         n_images:int=48, size:int=96, n_classes:int=8, seed:int=0, device:str='auto',
-         verbose:bool=True) -> dict:
-    "Synthetic scenes -> random tiny ViT features -> k-means -> Hungarian metrics, with a picture."
+         n_images:int=96, size:int=96, n_classes:int=8, # synthetic scenes per split, their side in pixels, classes
+         steps:int|None=None, # STEGO training steps (default: `StegoConfig.synthetic().max_steps`)
+         seed:int=0, device:str='auto', verbose:bool=True) -> dict:
+    "Synthetic scenes -> random tiny ViT features -> k-means, and STEGO trained on them -> Hungarian metrics and the gain, with a picture."
+    import shutil
+    import time
     from usseg.backbones import load_backbone
     from usseg.core import legend, save_figure, set_seed, show_grid
     from usseg.data import get_dataset
+    from usseg.data.transforms import EvalTransform
     from usseg.evaluate import baseline, predict_masks
+    from usseg.losses.stego import StegoConfig
+    from usseg.methods import train
     if size < 16 or size % 8: raise ValueError(f'--size must be a multiple of 8 and at least 16 (got {size})')
+    if n_images < 2: raise ValueError(f'--n-images must be at least 2 (got {n_images})')
+    t0 = time.time()
     set_seed(seed)
     out = Path(out)
-    root = out/'data'
+    root, run_dir = out/'data', out/'stego_run'
+    if run_dir.exists(): shutil.rmtree(run_dir)               # the demo's own previous run
     kw = dict(n_images=n_images, size=size, n_classes=n_classes, seed=seed)
-    fit_ds, eval_ds = get_dataset('synthetic', root, 'train', **kw), get_dataset('synthetic', root, 'val', **kw)
+    fit_ds, eval_ds = (get_dataset('synthetic', root, s, transform=EvalTransform(size), **kw) for s in ('train', 'val'))
     bb = load_backbone('vit_tiny8', weights='random', seed=seed)
-    res = baseline(bb, fit_ds, eval_ds, n_classes, seed=seed, fit_split='train', device=device,
-                   settings={'method': 'k-means on random ViT features (usseg demo)', 'dataset': 'synthetic', 'split': 'val'})
+    say = print if verbose else (lambda *a, **k: None)
+    say(f'{n_images} synthetic scenes per split ({size} px, {n_classes} classes), a random vit_tiny8 as the frozen backbone')
+    km = baseline(bb, fit_ds, eval_ds, n_classes, seed=seed, flip=True, fit_split='train', device=device,
+                  settings={'method': 'k-means on random ViT features (usseg demo)', 'dataset': 'synthetic', 'split': 'val'})
+    say(f'k-means on the frozen features: mIoU {km.miou:.1f}, pixel accuracy {km.acc:.1f}')
+    cfg = StegoConfig.synthetic()
+    steps = steps or cfg.max_steps
+    say(f'training STEGO for {steps} steps on the same features ...', flush=True)
+    run = train('stego', 'synthetic', root, run_dir, backbone='vit_tiny8', weights='random', seed=seed, steps=steps,
+                batch_size=min(cfg.batch_size, n_images), image_size=size, device=device, smoke=False, progress='none',
+                save_every=0, dataset_kw={'n_images': n_images, 'n_classes': n_classes, 'seed': seed})
+    st = run.evaluate(device=device)
+    gain = {'miou': st.miou - km.miou, 'acc': st.acc - km.acc}
+    say(f'STEGO (cluster probe): mIoU {st.miou:.1f}, pixel accuracy {st.acc:.1f}: '
+        f'{gain["miou"]:+.1f} mIoU, {gain["acc"]:+.1f} accuracy over k-means on the same features')
     k = 6
-    imgs = [eval_ds[i]['img'] for i in range(k)]
-    preds = predict_masks(bb, imgs, res.heads['kmeans'], assignment=res.cluster['assignment'], palette=eval_ds.palette, device=device)
-    fig = show_grid([imgs, [eval_ds[i]['label'] for i in range(k)], [p['mask'] for p in preds]], palette=eval_ds.palette,
-                    row_titles=['image', 'truth', 'k-means'], size=1.2,
-                    suptitle=f'k-means on random ViT features: mIoU {res.miou:.1f}, accuracy {res.acc:.1f}')
+    imgs = [eval_ds[i]['img'] for i in range(min(k, len(eval_ds)))]
+    k = len(imgs)
+    pk = predict_masks(bb, imgs, km.heads['kmeans'], assignment=km.cluster['assignment'], palette=eval_ds.palette, flip=True, device=device)
+    ps = predict_masks(run.task.code, imgs, run.task.cluster_probe, assignment=st.cluster['assignment'], palette=eval_ds.palette,
+                       flip=True, device=device)
+    fig = show_grid([imgs, [eval_ds[i]['label'] for i in range(k)], [p['mask'] for p in pk], [p['mask'] for p in ps]], palette=eval_ds.palette,
+                    row_titles=['image', 'truth', 'k-means', 'STEGO'], size=1.2,
+                    suptitle=f'random ViT features: k-means mIoU {km.miou:.1f}, STEGO mIoU {st.miou:.1f} ({gain["miou"]:+.1f})')
     legend(fig.axes[k - 1], eval_ds.class_names, eval_ds.palette, loc='upper left', bbox_to_anchor=(1.02, 1))
     save_figure(fig, out/'demo.png')
-    res.to_json(out/'demo.json')
-    if verbose:
-        print(f'{len(eval_ds)} synthetic validation scenes ({size} px, {n_classes} classes): k-means on random ViT features '
-              f'gets mIoU {res.miou:.1f}, pixel accuracy {res.acc:.1f}')
-        print(f'saved {out/"demo.png"} and {out/"demo.json"}')
-    return {'miou': res.miou, 'acc': res.acc, 'figure': str(out/'demo.png')}
+    res = {'n_images': st.n_images, 'miou': st.miou, 'acc': st.acc, 'gain': gain, 'kmeans': km.to_dict(), 'stego': st.to_dict(),
+           'settings': {**kw, 'steps': steps, 'backbone': 'vit_tiny8 (random weights)', 'seconds': round(time.time() - t0, 1)}}
+    from usseg.core import atomic_write_text
+    atomic_write_text(out/'demo.json', json.dumps(res, indent=1))
+    say(f'saved {out/"demo.png"} and {out/"demo.json"} ({time.time() - t0:.0f} s)')
+    return {'miou': st.miou, 'acc': st.acc, 'kmeans_miou': km.miou, 'kmeans_acc': km.acc, 'gain': gain, 'figure': str(out/'demo.png')}
 
 def _add_demo(sub):
-    p = sub.add_parser('demo', help='the main job on synthetic scenes (no downloads, CPU)', description=demo.__doc__)
+    p = sub.add_parser('demo', help='k-means and STEGO on synthetic scenes (no downloads, CPU)', description=demo.__doc__)
     p.add_argument('--out', default='usseg_demo', help='output folder (default: %(default)s)')
-    p.add_argument('--n-images', type=positive_int, default=48)
+    p.add_argument('--n-images', type=positive_int, default=96, help='synthetic scenes per split (default: %(default)s)')
     p.add_argument('--size', type=positive_int, default=96, help='image side in pixels (a multiple of 8)')
     p.add_argument('--n-classes', type=positive_int, default=8)
+    p.add_argument('--steps', type=positive_int, default=None, help="STEGO training steps (default: the synthetic setting's)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'])
-    p.set_defaults(func=lambda a: demo(a.out, a.n_images, a.size, a.n_classes, a.seed, a.device))
+    p.set_defaults(func=lambda a: demo(a.out, a.n_images, a.size, a.n_classes, a.steps, a.seed, a.device))
 
 # %% ../nbs/42_cli.ipynb #bd57c910
 def build_parser() -> ArgumentParser:

@@ -178,7 +178,7 @@ def consistency_loss(z:Tensor, # (M, D) projections of the image patches
     if z.shape != z_aug.shape: raise ValueError(f'z and z_aug must have the same shape, got {tuple(z.shape)} and {tuple(z_aug.shape)}')
     return F.pairwise_distance(z, z_aug, eps=eps).mean()
 
-# %% ../../nbs/21_losses.hp.ipynb #20a49b58
+# %% ../../nbs/21_losses.hp.ipynb #0fa27520
 @dataclass
 class HpConfig:
     "Hidden Positives hyperparameters; defaults are COCO-Stuff-27 (`HP:json/server/cocostuff.json`)."
@@ -210,7 +210,10 @@ class HpConfig:
     proj_lr: float = 5e-4
     batch_size: int = 64
     epochs: int = 3
+    max_steps: int = 11631           # T = epochs x iterations per epoch = 3 x floor(5 x 49,629 / 64) (image count recalled)
     image_size: int = 224
+    five_crop: bool = True           # `crop_type: five` in all three JSON files
+    extra_clusters: int = 0
     val_every: int = 100
     source: str = 'HP:json/server/cocostuff.json'
 
@@ -227,26 +230,33 @@ class HpConfig:
 
     @classmethod
     def cityscapes27(cls):
-        return cls(dataset='cityscapes27', tau=0.6, renew_interval=20, ema_m=0.999, warmup=50, epochs=30,
+        return cls(dataset='cityscapes27', tau=0.6, renew_interval=20, ema_m=0.999, warmup=50, epochs=30, max_steps=30*232,
                    source='HP:json/server/cityscapes.json')
 
     @classmethod
     def potsdam3(cls):
         return cls(dataset='potsdam3', n_classes=3, backbone='vit_base_patch8_224.dino', in_dim=768, dim=256,
                    tau=0.4, rho=1.0, alpha=0.0, pool_size=1024, renew_interval=20, ema_m=0.999, warmup=100,
-                   epochs=10, val_every=50, source='HP:json/server/potsdam.json')
+                   epochs=10, max_steps=10*355, val_every=50, source='HP:json/server/potsdam.json')
+
+    @classmethod
+    def synthetic(cls):
+        "usseg's setting for the synthetic scenes with a random `vit_tiny8` (the demo and the training pages; see the prose)."
+        return cls(dataset='synthetic', n_classes=8, backbone='vit_tiny8', in_dim=48, dim=32, pool_size=128, renew_interval=20,
+                   warmup=100, batch_size=16, epochs=0, max_steps=400, image_size=96, five_crop=False, val_every=100,
+                   source='usseg: synthetic scenes, random vit_tiny8; D, pool, warm-up and steps tuned on seeds 100 and 101 (benchmarks/synthetic_margin.py)')
 
     @classmethod
     def smoke(cls):
         "A toy setting that runs the same code on a CPU in seconds."
         return cls(dataset='synthetic', n_classes=5, dim=16, pool_size=8, renew_interval=2, warmup=1, batch_size=4,
-                   epochs=1, image_size=64, val_every=2, source='usseg smoke test')
+                   epochs=1, max_steps=4, image_size=64, five_crop=False, val_every=2, source='usseg smoke test')
 
     @classmethod
-    def for_dataset(cls, name:str, # cocostuff27, cityscapes27, potsdam3 or smoke
+    def for_dataset(cls, name:str, # cocostuff27, cityscapes27, potsdam3, synthetic or smoke
                    ):
         "The factory for `name`."
         makers = {'cocostuff27': cls.cocostuff27, 'cityscapes27': cls.cityscapes27, 'potsdam3': cls.potsdam3,
-                  'smoke': cls.smoke, 'synthetic': cls.smoke}
+                  'smoke': cls.smoke, 'synthetic': cls.synthetic}
         if name not in makers: raise ValueError(f"no HP setting for '{name}'; choose one of {', '.join(makers)}")
         return makers[name]()

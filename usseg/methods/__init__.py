@@ -23,7 +23,7 @@ from ..core import default_device, make_palette, show_grid, smoke_mode
 from ..data import get_dataset
 from ..data.transforms import EvalTransform
 from ..evaluate import EvalResult, evaluate, predict_masks, read_image, save_predictions
-from ..learner import Learner, Task, TrainConfig, load_checkpoint, load_task_state
+from ..learner import Learner, Task, TrainConfig, isolated_rng, load_checkpoint, load_task_state
 from ..models.heads import LinearProbe, linear_probe_loss
 
 # %% ../../nbs/41_methods.ipynb #4f0df608
@@ -245,7 +245,7 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
           eval_every:int=0, eval_images:int|None=None, # evaluate every N steps (0: at the end); at most N images
           save_every:int=500, num_workers:int=0, precision:str='fp32', progress:str='auto',
           train_split:str='train', eval_split:str='val', five_crop:bool|None=None, image_interp:str='bilinear',
-          dataset_kw:dict|None=None) -> 'Run':
+          dataset_kw:dict|None=None):
     "Train `method` on `dataset` into the run directory `out`; returns the `Run`."
     M = get_method(method)
     smoke = smoke_mode() if smoke is None else smoke
@@ -264,9 +264,10 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
     bb = load_backbone(backbone, weights=weights, seed=seed)
     if image_size % bb.patch_size: raise ValueError(f'--image-size {image_size} is not a multiple of the patch size {bb.patch_size}')
     train_ds, eval_ds = spec.split_dataset(train_split, train=True), spec.split_dataset(eval_split)
-    task = M.build(bb, train_ds.n_classes, cfg)
+    with isolated_rng(seed): task = M.build(bb, train_ds.n_classes, cfg)   # the same seed, the same initial weights
     tcfg = TrainConfig(max_steps=steps, batch_size=batch_size, seed=seed, device=device, eval_every=eval_every,
-                       save_every=save_every, num_workers=num_workers, precision=precision, progress=progress)
+                       save_every=save_every, num_workers=num_workers, precision=precision, progress=progress,
+                       clip_grad_norm=getattr(cfg, 'grad_norm', None))   # the method's clipping (HP: 10)
     spec.config, spec.train = asdict(task.cfg), asdict(tcfg)
     task.spec = asdict(spec)
     data = task.training_data(train_ds, task.spec)

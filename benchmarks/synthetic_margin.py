@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Does a method beat k-means on the same frozen features? Synthetic scenes, a random backbone, several seeds.
+
+For each seed: synthetic scenes drawn with that seed (train and val splits), a randomly initialised backbone
+with that seed, then
+  * the baseline: `usseg.evaluate.baseline`, k-means fitted on the TRAIN split's features of that backbone,
+    scored on the val split (Hungarian matching);
+  * the method: `usseg.methods.train(METHOD, 'synthetic', ...)` with the same backbone and seed, its cluster
+    probe (and linear probe) scored on the same val split with `Run.evaluate`.
+Both are scored with and without flip test-time augmentation; the headline margin uses the method's own
+protocol (STEGO: flip on, HP: off) for both. Nothing is chosen on the val split: the method runs its fixed
+number of steps and its last checkpoint is scored.
+
+    python benchmarks/synthetic_margin.py --method stego --seeds 0 1 2
+    python benchmarks/synthetic_margin.py --method hp --seeds 0 1 2
+    python benchmarks/synthetic_margin.py --method stego --seeds 100 101 --set dim=64 --out /tmp/tune.json   # tuning seeds
+
+Writes benchmarks/results/synthetic_margin_<method>.json (per seed, and the mean and standard deviation of the
+margin). The method's settings are `Config.synthetic()` (`usseg.losses.*`) plus any `--set KEY=VALUE`; the
+scene settings default to the ones the settings were tuned for (96 px, 200 images per split, 8 classes).
+Any method in the registry works (`--method smooseg`, ...) once it has a synthetic setting.
+"""
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import usseg  # noqa: F401  (compat shim before timm)
+from usseg.backbones import load_backbone
+from usseg.data import get_dataset
+from usseg.data.transforms import EvalTransform
+from usseg.evaluate import baseline
+from usseg.methods import get_method, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, write  # noqa: E402
+
+
+def _kv(s):
+    k, v = s.split('=', 1)
+    try: v = json.loads(v)
+    except json.JSONDecodeError: pass
+    return k, v
+
+
+def scores(res) -> dict:
+    out = {'cluster_miou': round(res.cluster['miou'], 2), 'cluster_acc': round(res.cluster['acc'], 2)}
+    if res.linear is not None: out.update(linear_miou=round(res.linear['miou'], 2), linear_acc=round(res.linear['acc'], 2))
+    return out
+
+
+def one_seed(method, seed, work, a, overrides) -> dict:
+    kw = dict(n_images=a.n_images, size=a.size, n_classes=a.n_classes)
+    root = work/'data'
+    ds = lambda split: get_dataset('synthetic', root, split, transform=EvalTransform(a.size), seed=seed, **kw)
+    fit_ds, val_ds = ds('train'), ds('val')
+    bb = load_backbone(a.backbone, weights='random', seed=seed)
+    t0 = time.time()
+    base = {f: baseline(bb, fit_ds, val_ds, a.n_classes, seed=seed, flip=f, fit_split='train', device=a.device)
+            for f in (False, True)}
+    t_base = time.time() - t0
+    t0 = time.time()
+    run = train(method, 'synthetic', root, work/f'{method}-s{seed}', backbone=a.backbone, weights='random', steps=a.steps,
+                image_size=a.size, device=a.device, seed=seed, smoke=False, config=overrides or None, progress='none',
+                save_every=0, dataset_kw={**kw, 'seed': seed})
+    t_train = time.time() - t0
+    ev = {f: run.evaluate(flip=f, save=False, device=a.device) for f in (False, True)}
+    flip = run.task.flip
+    rec = {'seed': seed, 'method_flip': flip,
+           'baseline': {'no_flip': scores(base[False]), 'flip': scores(base[True]), 'kmeans_backend': base[False].settings['kmeans']['backend']},
+           'method': {'no_flip': scores(ev[False]), 'flip': scores(ev[True]), 'steps': run.step},
+           'seconds': {'baseline': round(t_base, 1), 'train': round(t_train, 1)}}
+    if a.crf:
+        rec['baseline']['crf'] = scores(baseline(bb, fit_ds, val_ds, a.n_classes, seed=seed, flip=flip, crf=True, device=a.device))
+        rec['method']['crf'] = scores(run.evaluate(flip=flip, crf=True, save=False, device=a.device))
+    key = 'flip' if flip else 'no_flip'
+    m, b = rec['method'][key], rec['baseline'][key]
+    rec['margin'] = {'miou': round(m['cluster_miou'] - b['cluster_miou'], 2), 'acc': round(m['cluster_acc'] - b['cluster_acc'], 2)}
+    if a.crf: rec['margin_crf'] = {k: round(rec['method']['crf'][f'cluster_{k}'] - rec['baseline']['crf'][f'cluster_{k}'], 2) for k in ('miou', 'acc')}
+    print(f"seed {seed}: {method} cluster mIoU {m['cluster_miou']:.2f} acc {m['cluster_acc']:.2f} | k-means mIoU {b['cluster_miou']:.2f} "
+          f"acc {b['cluster_acc']:.2f} | margin mIoU {rec['margin']['miou']:+.2f} acc {rec['margin']['acc']:+.2f} "
+          f"| train {t_train:.0f} s", flush=True)
+    return rec
+
+
+def summary(values) -> dict:
+    return {'mean': round(statistics.mean(values), 2), 'std': round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+            'min': min(values), 'max': max(values), 'n': len(values)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--method', required=True, help='a registry name: stego, hp, ...')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--backbone', default='vit_tiny8', help='randomly initialised (default: %(default)s)')
+    p.add_argument('--size', type=int, default=96, help='image side (default: %(default)s)')
+    p.add_argument('--n-images', type=int, default=200, help='scenes per split (default: %(default)s)')
+    p.add_argument('--n-classes', type=int, default=8)
+    p.add_argument('--steps', type=int, default=None, help="training steps (default: the method's synthetic setting)")
+    p.add_argument('--set', type=_kv, action='append', default=[], metavar='KEY=VALUE', help='override a setting of the method')
+    p.add_argument('--crf', action='store_true', help='also score both with the dense CRF')
+    p.add_argument('--threads', type=int, default=1, help='torch threads (default 1: steadier on a shared CPU)')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--work', default=None, help='keep scenes and runs here (default: a temporary folder, removed)')
+    p.add_argument('--out', default=None, help='result file (default: benchmarks/results/synthetic_margin_<method>.json)')
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    get_method(a.method)
+    overrides = dict(a.set)
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='usseg_margin_'))
+    t0 = time.time()
+    try: recs = [one_seed(a.method, s, work, a, overrides) for s in a.seeds]
+    finally:
+        if not a.work: shutil.rmtree(work, ignore_errors=True)
+    cfg = get_method(a.method).default_config('synthetic', a.backbone)
+    res = {'what': __doc__.split('\n\n')[0], 'method': a.method,
+           'setting': {'scenes': {'size': a.size, 'n_images_per_split': a.n_images, 'n_classes': a.n_classes},
+                       'backbone': f'{a.backbone}, random weights (seed = the seed)', 'steps': a.steps or cfg.max_steps,
+                       'config': 'Config.synthetic()', 'overrides': overrides, 'threads': a.threads, 'device': a.device},
+           'seeds': recs,
+           'margin_miou': summary([r['margin']['miou'] for r in recs]), 'margin_acc': summary([r['margin']['acc'] for r in recs]),
+           'method_cluster_miou': summary([r['method']['flip' if r['method_flip'] else 'no_flip']['cluster_miou'] for r in recs]),
+           'baseline_cluster_miou': summary([r['baseline']['flip' if r['method_flip'] else 'no_flip']['cluster_miou'] for r in recs]),
+           'total_seconds': round(time.time() - t0, 1), 'machine': machine()}
+    if a.crf: res['margin_crf_miou'] = summary([r['margin_crf']['miou'] for r in recs])
+    print(f"{a.method}: margin over k-means, mIoU {res['margin_miou']['mean']:+.2f} ± {res['margin_miou']['std']:.2f}, "
+          f"accuracy {res['margin_acc']['mean']:+.2f} ± {res['margin_acc']['std']:.2f} ({len(recs)} seeds, {res['total_seconds']:.0f} s)")
+    if a.out:
+        from usseg.core import atomic_write_text
+        atomic_write_text(a.out, json.dumps(res, indent=1) + '\n'); print(f'wrote {a.out}')
+    else: write(f'synthetic_margin_{a.method}', res)
+    return res
+
+
+if __name__ == '__main__':
+    main()
