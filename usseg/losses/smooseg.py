@@ -233,7 +233,7 @@ class SmooSegConfig:
     def synthetic(cls):
         "usseg's setting for the synthetic scenes with a random tiny ViT (see the SmooSeg training page for each deviation)."
         return cls(dataset='synthetic', n_classes=8, backbone='vit_tiny8', weights='random', n_feats=48, dim=64,
-                   b_intra=0.5, b_inter=0.7, batch_size=32, max_steps=600, image_size=96, eval_size=96, val_every=150)
+                   b_intra=0.3, b_inter=0.3, batch_size=16, max_steps=300, image_size=96, eval_size=96, val_every=75)
 
     @classmethod
     def for_dataset(cls, name:str):
