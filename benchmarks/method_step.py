@@ -11,7 +11,9 @@ A step is everything `Learner.train_step` does: the frozen forward passes (STEGO
 neighbours; HP: the images with attention, and their photometric view), the head, the loss, backward, the
 optimisers, clipping and the EMA update. HP's reference pools are filled with random unit vectors before timing;
 their renewal (every `renew_interval` iterations, `pool_size` images through the backbone and the EMA head) is
-timed separately on a few images and reported per image and amortised per training step.
+timed separately on a few images and reported per image and amortised per training step. SmooSeg: the image, the
+projection, the smoothness energy and the teacher's EMA; EAGLE: the keys of the image and of its second view (here a
+scaled copy standing in for the blur), EiCue's eigendecomposition of both views, and the three losses.
 Writes benchmarks/results/method_step_<method>_<device>.json (one entry per precision).
 """
 import argparse
@@ -62,7 +64,8 @@ def measure(method, device, precision, batch, size, steps, warmup):
         tcfg = TrainConfig(max_steps=10**6, batch_size=batch, precision=precision, device=str(device), progress='none', n_samples=0,
                            clip_grad_norm=getattr(cfg, 'grad_norm', None))
         learner = Learner(task, data, d, tcfg).setup()
-        keys = {'stego': ('img', 'img_pos', 'label'), 'hp': ('img', 'img_aug', 'label')}.get(method, ('img', 'label'))
+        keys = {'stego': ('img', 'img_pos', 'label'), 'hp': ('img', 'img_aug', 'label'),
+                'eagle': ('img', 'img_aug', 'label')}.get(method, ('img', 'label'))   # EAGLE: img_aug stands in for the blurred view
         items = [data[i] for i in range(batch)]
         b = {k: torch.stack([it[k] for it in items]).to(learner.device) for k in keys}
         t0 = time.perf_counter()
@@ -91,10 +94,10 @@ def measure(method, device, precision, batch, size, steps, warmup):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--method', required=True, help='stego or hp')
+    p.add_argument('--method', required=True, help='a registry name: stego, hp, smooseg, eagle')
     p.add_argument('--device', default='cpu')
     p.add_argument('--precision', nargs='+', default=['fp32'], choices=['fp32', 'bf16', 'fp16'])
-    p.add_argument('--batch-size', type=int, default=None, help="default: the paper's (STEGO 16, HP 64)")
+    p.add_argument('--batch-size', type=int, default=None, help="default: the paper's (STEGO 16, HP 64, SmooSeg 32, EAGLE 32)")
     p.add_argument('--image-size', type=int, default=224)
     p.add_argument('--steps', type=int, default=2)
     p.add_argument('--warmup', type=int, default=1)
@@ -106,7 +109,7 @@ def main(argv=None):
     batch = a.batch_size or cfg.batch_size
     results = [measure(a.method, device, pr, batch, a.image_size, a.steps, a.warmup) for pr in a.precision]
     write(f'method_step_{a.method}_{device.type}', {
-        'benchmark': 'method training step (Learner.train_step)', 'method': a.method, 'config': cfg.source,
+        'benchmark': 'method training step (Learner.train_step)', 'method': a.method, 'config': getattr(cfg, 'source', f'{type(cfg).__name__}.cocostuff27()'),
         'backbone': 'dino_vits8 (vit_small_patch8_224), random weights, frozen', 'batch_size': batch, 'image_size': a.image_size,
         'paper_batch_size': cfg.batch_size, 'device': str(device), 'results': results, 'machine': machine(),
         'gpu': torch.cuda.get_device_name() if device.type == 'cuda' else 'none available where this was run'})

@@ -52,7 +52,17 @@ def _kv(s):
 def scores(res) -> dict:
     out = {'cluster_miou': round(res.cluster['miou'], 2), 'cluster_acc': round(res.cluster['acc'], 2)}
     if res.linear is not None: out.update(linear_miou=round(res.linear['miou'], 2), linear_acc=round(res.linear['acc'], 2))
+    if 'miou_upstream_drop' in res.cluster:   # extra clusters (EAGLE): also upstream's drop-extra-clusters convention
+        out.update(cluster_miou_upstream_drop=round(res.cluster['miou_upstream_drop'], 2),
+                   cluster_acc_upstream_drop=round(res.cluster['acc_upstream_drop'], 2))
     return out
+
+
+class KeysOf(torch.nn.Module):
+    "The keys of a ViT's last `n` blocks, concatenated (EAGLE's input features) as a feature function for `baseline`."
+    def __init__(self, bb, n): super().__init__(); self.bb, self.n = bb, n
+    @torch.no_grad()
+    def forward(self, img): return torch.cat(self.bb.features(img, self.n, ('keys',))['keys'], 1)   # (B, n*C, h, w)
 
 
 def one_seed(method, seed, work, a, overrides) -> dict:
@@ -65,6 +75,10 @@ def one_seed(method, seed, work, a, overrides) -> dict:
     base = {f: baseline(bb, fit_ds, val_ds, a.n_classes, seed=seed, flip=f, fit_split='train', device=a.device)
             for f in (False, True)}
     t_base = time.time() - t0
+    if a.keys_baseline:   # optional second baseline: k-means on the keys of the last N blocks
+        kb = KeysOf(bb, a.keys_baseline)
+        base_keys = {f: baseline(kb, fit_ds, val_ds, a.n_classes, seed=seed, flip=f, fit_split='train', device=a.device)
+                     for f in (False, True)}
     t0 = time.time()
     run = train(method, 'synthetic', root, work/f'{method}-s{seed}', backbone=a.backbone, weights='random', steps=a.steps,
                 image_size=a.size, device=a.device, seed=seed, smoke=False, config=overrides or None, progress='none',
@@ -76,16 +90,22 @@ def one_seed(method, seed, work, a, overrides) -> dict:
            'baseline': {'no_flip': scores(base[False]), 'flip': scores(base[True]), 'kmeans_backend': base[False].settings['kmeans']['backend']},
            'method': {'no_flip': scores(ev[False]), 'flip': scores(ev[True]), 'steps': run.step},
            'seconds': {'baseline': round(t_base, 1), 'train': round(t_train, 1)}}
+    if a.keys_baseline:
+        rec['baseline_keys'] = {'blocks': a.keys_baseline, 'no_flip': scores(base_keys[False]), 'flip': scores(base_keys[True])}
     if a.crf:
         rec['baseline']['crf'] = scores(baseline(bb, fit_ds, val_ds, a.n_classes, seed=seed, flip=flip, crf=True, device=a.device))
         rec['method']['crf'] = scores(run.evaluate(flip=flip, crf=True, save=False, device=a.device))
     key = 'flip' if flip else 'no_flip'
     m, b = rec['method'][key], rec['baseline'][key]
     rec['margin'] = {'miou': round(m['cluster_miou'] - b['cluster_miou'], 2), 'acc': round(m['cluster_acc'] - b['cluster_acc'], 2)}
+    if a.keys_baseline:
+        bk = rec['baseline_keys']['flip' if flip else 'no_flip']
+        rec['margin_keys'] = {'miou': round(m['cluster_miou'] - bk['cluster_miou'], 2), 'acc': round(m['cluster_acc'] - bk['cluster_acc'], 2)}
     if a.crf: rec['margin_crf'] = {k: round(rec['method']['crf'][f'cluster_{k}'] - rec['baseline']['crf'][f'cluster_{k}'], 2) for k in ('miou', 'acc')}
     print(f"seed {seed}: {method} cluster mIoU {m['cluster_miou']:.2f} acc {m['cluster_acc']:.2f} | k-means mIoU {b['cluster_miou']:.2f} "
           f"acc {b['cluster_acc']:.2f} | margin mIoU {rec['margin']['miou']:+.2f} acc {rec['margin']['acc']:+.2f} "
-          f"| train {t_train:.0f} s", flush=True)
+          f"| train {t_train:.0f} s" + (f" | k-means on keys mIoU {bk['cluster_miou']:.2f}, margin {rec['margin_keys']['miou']:+.2f}"
+                                         if a.keys_baseline else ''), flush=True)
     return rec
 
 
@@ -105,6 +125,8 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=None, help="training steps (default: the method's synthetic setting)")
     p.add_argument('--set', type=_kv, action='append', default=[], metavar='KEY=VALUE', help='override a setting of the method')
     p.add_argument('--crf', action='store_true', help='also score both with the dense CRF')
+    p.add_argument('--keys-baseline', type=int, default=0, metavar='N',
+                   help='also k-means on the keys of the last N blocks (EAGLE reads those: --keys-baseline 2)')
     p.add_argument('--threads', type=int, default=1, help='torch threads (default 1: steadier on a shared CPU)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--work', default=None, help='keep scenes and runs here (default: a temporary folder, removed)')
@@ -128,6 +150,9 @@ def main(argv=None):
            'method_cluster_miou': summary([r['method']['flip' if r['method_flip'] else 'no_flip']['cluster_miou'] for r in recs]),
            'baseline_cluster_miou': summary([r['baseline']['flip' if r['method_flip'] else 'no_flip']['cluster_miou'] for r in recs]),
            'total_seconds': round(time.time() - t0, 1), 'machine': machine()}
+    if a.keys_baseline:
+        res['margin_keys_miou'] = summary([r['margin_keys']['miou'] for r in recs])
+        res['margin_keys_acc'] = summary([r['margin_keys']['acc'] for r in recs])
     if a.crf: res['margin_crf_miou'] = summary([r['margin_crf']['miou'] for r in recs])
     print(f"{a.method}: margin over k-means, mIoU {res['margin_miou']['mean']:+.2f} ± {res['margin_miou']['std']:.2f}, "
           f"accuracy {res['margin_acc']['mean']:+.2f} ± {res['margin_acc']['std']:.2f} ({len(recs)} seeds, {res['total_seconds']:.0f} s)")

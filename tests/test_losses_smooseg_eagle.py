@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import usseg  # noqa: F401  (the compat shim first)
-from usseg.losses.eagle import (COLOUR_SPACES, EagleConfig, EigenClusterLookup, adaptive_correspondence, code_affinity,
+from usseg.cluster import ClusterLookup
+from usseg.losses.eagle import (COLOUR_SPACES, EagleConfig, adaptive_correspondence, code_affinity,
                                 colour_affinity, eagle_correspondence_loss, eicue, key_similarity, medoid_prototypes,
                                 nce_schedule, normalized_laplacian, object_contrastive_loss, patch_colours,
                                 smallest_eigenvectors)
@@ -122,7 +123,7 @@ def test_eagle_eigen(eg, h):
 
 
 def test_eagle_cluster_lookup(eg):
-    look = EigenClusterLookup(3, 7).double()
+    look = ClusterLookup(3, 7).double()
     with torch.no_grad(): look.clusters.copy_(eg['lookup_clusters'])
     x = leaf(eg['lookup_x'])
     loss, logp = look(x, 1, log_probs=True)
@@ -240,5 +241,5 @@ def test_nce_schedule_is_a_step():
 def test_configs():
     assert SmooSegConfig.cocostuff27().max_steps == 8000 and SmooSegConfig.cityscapes27().max_steps == 3000
     assert EagleConfig.cocostuff27().eigen_clusters == 32 and EagleConfig.cityscapes27().eigen_clusters == 28
-    with pytest.raises(ValueError, match='no SmooSeg configuration'): SmooSegConfig.from_name('camvid')
-    with pytest.raises(ValueError, match='no EAGLE configuration'): EagleConfig.from_name('potsdam3')
+    with pytest.raises(ValueError, match='no SmooSeg configuration'): SmooSegConfig.for_dataset('camvid')
+    with pytest.raises(ValueError, match='no EAGLE configuration'): EagleConfig.for_dataset('potsdam3')

@@ -4,9 +4,8 @@
 
 # %% auto #0
 __all__ = ['COLOUR_SPACES', 'code_affinity', 'patch_colours', 'colour_affinity', 'normalized_laplacian', 'Eigen',
-           'smallest_eigenvectors', 'EiCue', 'eicue', 'EigenClusterLookup', 'medoid_prototypes', 'key_similarity',
-           'object_contrastive_loss', 'adaptive_correspondence', 'eagle_correspondence_loss', 'nce_schedule',
-           'eagle_total_loss', 'EagleConfig']
+           'smallest_eigenvectors', 'EiCue', 'eicue', 'medoid_prototypes', 'key_similarity', 'object_contrastive_loss',
+           'adaptive_correspondence', 'eagle_correspondence_loss', 'nce_schedule', 'eagle_total_loss', 'EagleConfig']
 
 # %% ../../nbs/23_losses.eagle.ipynb #240ec854
 from dataclasses import dataclass
@@ -16,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cluster import ClusterLookup
 from ..core import denormalize
+from ..features import norm, sample, tensor_correlation
 from .smooseg import closeness, super_perm
 
 # %% ../../nbs/23_losses.eagle.ipynb #818f482e
@@ -107,30 +108,6 @@ def eicue(code:torch.Tensor, # `(B, D, h, w)` head output
         vals, vecs = smallest_eigenvectors(normalized_laplacian(W), k)
     return EiCue(vals, vecs[:, :, 1:].transpose(1, 2).reshape(B, k - 1, h, w))
 
-# %% ../../nbs/23_losses.eagle.ipynb #5c1777a6
-class EigenClusterLookup(nn.Module):
-    "K learned centroids; cosine assignment of `(B, dim, h, w)` inputs. `forward -> (loss, probs)`."
-    def __init__(self,
-                 dim:int=3, # input channels (k - 1 eigenvectors)
-                 n_clusters:int=32, # K (n_classes + extra_clusters)
-                ):
-        super().__init__()
-        self.clusters = nn.Parameter(torch.randn(n_clusters, dim))
-
-    def forward(self, x:torch.Tensor, # `(B, dim, h, w)`
-                alpha:float|None=None, # None: hard assignment; else softmax(alpha * cos)
-                log_probs:bool=False, # return log_softmax(alpha * cos) instead of the assignment
-               ) -> tuple:
-        "`(loss, probs)`: loss = -mean_pixels sum_k probs_k cos_k; probs `(B, K, h, w)`."
-        cos = torch.einsum('bdhw,kd->bkhw', F.normalize(x, dim=1), F.normalize(self.clusters, dim=1))
-        if alpha is None: probs = F.one_hot(cos.argmax(1), cos.shape[1]).permute(0, 3, 1, 2).to(cos.dtype)
-        else: probs = torch.softmax(cos * alpha, dim=1)
-        loss = -(probs * cos).sum(1).mean()
-        if log_probs:
-            if alpha is None: raise ValueError('log_probs=True needs a temperature alpha (EAGLE uses alpha=1)')
-            return loss, torch.log_softmax(cos * alpha, dim=1)
-        return loss, probs
-
 # %% ../../nbs/23_losses.eagle.ipynb #dc69d8e5
 def medoid_prototypes(z:torch.Tensor, # `(M, D)` projected codes
                       labels:torch.Tensor, # `(M,)` integer object labels
@@ -199,17 +176,13 @@ def adaptive_correspondence(f1:torch.Tensor, # `(B, C, S, S)` sampled features (
                            ) -> tuple:
     "EAGLE's correspondence loss of one pair with the adaptive shift: `(loss (B, S, S, S', S'), code correlation)`."
     fd = closeness(f1, f2, pointwise)                                 # F, no gradient
-    cd = torch.einsum('bchw,bcij->bhwij', F.normalize(c1, dim=1, eps=1e-10), F.normalize(c2, dim=1, eps=1e-10))
+    cd = tensor_correlation(norm(c1), norm(c2))                       # code correlation
     if positive: b = (fd.mean() - cd.mean() - shift_bias).abs()      # b_pos
     else: b = (fd.mean() + cd.mean() - shift_bias) * shift_value       # b_neg, carries gradient through cd
     lo = 0.0 if zero_clamp else -9999.0
     return -cd.clamp(lo, 0.8 if stabilize else None) * (fd - b), cd
 
 # %% ../../nbs/23_losses.eagle.ipynb #c1b7c34b
-def _sample(t, coords):
-    "Bilinear samples of `t (B, C, H, W)` at `coords (B, S, S, 2)` in [-1, 1] (STEGO's transposed layout)."
-    return F.grid_sample(t, coords.permute(0, 2, 1, 3), padding_mode='border', align_corners=True)
-
 def eagle_correspondence_loss(feats, feats_pos, feats_aug, # `(B, C, H, W)` keys of view, positive, augmented positive
                               code, code_pos, code_aug, # `(B, D, H, W)` their code
                               n_samples:int=11, # S: samples per side (11 COCO-Stuff, 28 Cityscapes)
@@ -225,13 +198,13 @@ def eagle_correspondence_loss(feats, feats_pos, feats_aug, # `(B, C, H, W)` keys
     kw = dict(shift_bias=shift_bias, shift_value=shift_value, zero_clamp=zero_clamp, stabilize=stabilize, pointwise=pointwise)
     shape = (B, n_samples, n_samples, 2)
     c1, c2, c3 = [(torch.rand(shape, device=feats.device) * 2 - 1).to(feats.dtype) for _ in range(3)]
-    f, c = _sample(feats, c1), _sample(code, c1)
-    pos, _ = adaptive_correspondence(_sample(feats_aug, c3), _sample(feats_pos, c2), _sample(code_aug, c3), _sample(code_pos, c2),
+    f, c = sample(feats, c1), sample(code, c1)
+    pos, _ = adaptive_correspondence(sample(feats_aug, c3), sample(feats_pos, c2), sample(code_aug, c3), sample(code_pos, c2),
                                      positive=True, **kw)
     negs = []
     for _ in range(neg_samples):
         perm = super_perm(B, feats.device)
-        negs.append(adaptive_correspondence(f, _sample(feats[perm], c2), c, _sample(code[perm], c2), positive=False, **kw)[0])
+        negs.append(adaptive_correspondence(f, sample(feats[perm], c2), c, sample(code[perm], c2), positive=False, **kw)[0])
     neg = torch.cat(negs).mean() if negs else feats.new_zeros(())
     return pos.mean(), neg
 
@@ -264,7 +237,8 @@ class EagleConfig:
     extra_clusters: int = 5
     backbone: str = 'vit_small_patch8_224.dino'
     weights: str = 'dino'                 # 'dino' (pretrained) or 'random'
-    n_feats: int = 3 * 384                # keys of the last three blocks, concatenated
+    n_blocks: int = 3                     # keys of the last n_blocks blocks, concatenated
+    n_feats: int = 3 * 384                # n_blocks x backbone channels
     dim: int = 512
     dropout: float = 0.1
     # EiCue
@@ -321,13 +295,21 @@ class EagleConfig:
     @classmethod
     def smoke(cls):
         "A tiny CPU run of the same code: synthetic scenes, random weights, a few steps."
-        return cls(dataset='synthetic', n_classes=8, extra_clusters=0, weights='random', dim=32, eigen_clusters=8,
-                   n_samples=5, batch_size=4, max_steps=3, step_schedulers=1, image_size=64, eval_size=64)
+        return cls(dataset='synthetic', n_classes=8, extra_clusters=1, backbone='vit_tiny8', weights='random', n_blocks=2,
+                   n_feats=2 * 48, dim=32, eigen_clusters=9, n_samples=5, batch_size=4, max_steps=3, step_schedulers=1,
+                   image_size=64, eval_size=64)
 
     @classmethod
-    def from_name(cls, name:str):
+    def synthetic(cls):
+        "usseg's setting for the synthetic scenes with a random tiny ViT (see the EAGLE training page for each deviation)."
+        return cls(dataset='synthetic', n_classes=8, extra_clusters=1, backbone='vit_tiny8', weights='random', n_blocks=2,
+                   n_feats=2 * 48, dim=64, eigen_clusters=9, n_samples=11, batch_size=32, max_steps=600, step_schedulers=200,
+                   image_size=96, eval_size=96)
+
+    @classmethod
+    def for_dataset(cls, name:str):
         "The factory for a dataset name, e.g. `'cityscapes27'`."
-        f = {'cocostuff27': cls.cocostuff27, 'cityscapes27': cls.cityscapes27, 'synthetic': cls.smoke}
+        f = {'cocostuff27': cls.cocostuff27, 'cityscapes27': cls.cityscapes27, 'synthetic': cls.synthetic}
         if name not in f: raise ValueError(f"no EAGLE configuration for '{name}' (upstream ships COCO-Stuff and Cityscapes only); choose one of {', '.join(f)}")
         return f[name]()
 

@@ -14,6 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import norm, tensor_correlation
+from .stego import pointwise_normalize
+from .stego import super_perm as stego_super_perm
+
 # %% ../../nbs/22_losses.smooseg.ipynb #a755a02d
 class SmooSegProjection(nn.Module):
     "SmooSeg's head: linear + (conv, SiLU, conv) 1x1 branches into `dim` channels; returns `(dropout(feats), code)`."
@@ -64,15 +68,12 @@ class SmooSegPredictor(nn.Module):
         return p_s, p_t
 
     @torch.no_grad()
-    def update_teacher(self):
-        "One EMA step Φ_t <- α Φ_t + (1-α) Φ_s; call it after each optimiser step."
-        self.phi_t.mul_(self.alpha).add_(self.phi_s.detach(), alpha=1 - self.alpha)
+    def update_teacher(self, source:torch.Tensor|None=None, # `(K, D)` student to move towards; default the current Φ_s
+                      ):
+        "One EMA step Φ_t <- α Φ_t + (1-α) Φ_s (upstream: with the Φ_s of the step's start)."
+        self.phi_t.mul_(self.alpha).add_(self.phi_s.detach() if source is None else source.to(self.phi_t), alpha=1 - self.alpha)
 
 # %% ../../nbs/22_losses.smooseg.ipynb #e0795e59
-def _l2n(t:torch.Tensor) -> torch.Tensor:
-    "L2-normalise along the channel axis (dim 1), eps 1e-10 as upstream `norm`."
-    return F.normalize(t, dim=1, eps=1e-10)
-
 def closeness(f1:torch.Tensor, # `(B, C, h, w)` features of the query images
               f2:torch.Tensor, # `(B, C, h', w')` features of the target images
               pointwise:bool=True, # centre each query row, then restore the global mean
@@ -81,12 +82,8 @@ def closeness(f1:torch.Tensor, # `(B, C, h, w)` features of the query images
     if f1.ndim != 4 or f2.ndim != 4 or f1.shape[:2] != f2.shape[:2]:
         raise ValueError(f'closeness needs two (B, C, h, w) maps with the same B and C (got {tuple(f1.shape)} and {tuple(f2.shape)})')
     with torch.no_grad():
-        fd = torch.einsum('bchw,bcij->bhwij', _l2n(f1), _l2n(f2))
-        if pointwise:
-            old_mean = fd.mean()
-            fd = fd - fd.mean([3, 4], keepdim=True)
-            fd = fd - fd.mean() + old_mean
-    return fd
+        fd = tensor_correlation(norm(f1), norm(f2))                   # F
+        return pointwise_normalize(fd) if pointwise else fd
 
 # %% ../../nbs/22_losses.smooseg.ipynb #73b95900
 def pair_energy(f1:torch.Tensor, # `(B, C, h, w)` features of the first images
@@ -101,7 +98,7 @@ def pair_energy(f1:torch.Tensor, # `(B, C, h, w)` features of the first images
         raise ValueError(f'labels must match their features in batch and grid: features {tuple(f1.shape)}, {tuple(f2.shape)}; '
                          f'labels {tuple(p1.shape)}, {tuple(p2.shape)}')
     fd = closeness(f1, f2, pointwise)                                 # F, no gradient
-    cd = 1 - torch.einsum('bkhw,bkij->bhwij', _l2n(p1), _l2n(p2))     # 1 - cos(p, p')
+    cd = 1 - tensor_correlation(norm(p1), norm(p2))              # 1 - cos(p, p')
     return (fd - shift) * cd, cd                                      # Eq. (smoothness), before the mean
 
 # %% ../../nbs/22_losses.smooseg.ipynb #d653f3a8
@@ -109,11 +106,9 @@ def super_perm(size:int, # batch size B (at least 2)
                device=None, # device of the result
                generator:torch.Generator|None=None, # optional RNG
               ) -> torch.Tensor:
-    "A random partner index for each of `size` images, never the image itself (not always a bijection)."
+    "STEGO's `super_perm` (a partner for each image, never itself; not always a bijection), refusing B < 2."
     if size < 2: raise ValueError(f'pairing images with other images needs a batch of at least 2 (got {size})')
-    perm = torch.randperm(size, device=device, generator=generator)
-    perm[perm == torch.arange(size, device=perm.device)] += 1
-    return perm % size
+    return stego_super_perm(size, device, generator)
 
 # %% ../../nbs/22_losses.smooseg.ipynb #c2716e5d
 class SmoothnessTerms(NamedTuple):
@@ -200,6 +195,7 @@ class SmooSegConfig:
     pointwise: bool = True
     lr_projection: float = 1e-4                   # lr1
     lr_prototypes: float = 5e-4                   # lr2
+    lr_linear: float = 5e-3                       # usseg's linear probe (not upstream: SmooSeg has none); STEGO's lr
     batch_size: int = 32
     max_steps: int = 3000
     image_size: int = 224                         # training crops
@@ -234,9 +230,15 @@ class SmooSegConfig:
                    image_size=64, eval_size=64, val_every=2)
 
     @classmethod
-    def from_name(cls, name:str):
+    def synthetic(cls):
+        "usseg's setting for the synthetic scenes with a random tiny ViT (see the SmooSeg training page for each deviation)."
+        return cls(dataset='synthetic', n_classes=8, backbone='vit_tiny8', weights='random', n_feats=48, dim=64,
+                   b_intra=0.3, b_inter=0.3, batch_size=16, max_steps=300, image_size=96, eval_size=96, val_every=75)
+
+    @classmethod
+    def for_dataset(cls, name:str):
         "The factory for a dataset name, e.g. `'cocostuff27'`."
-        f = {'cityscapes27': cls.cityscapes27, 'cocostuff27': cls.cocostuff27, 'potsdam3': cls.potsdam3, 'synthetic': cls.smoke}
+        f = {'cityscapes27': cls.cityscapes27, 'cocostuff27': cls.cocostuff27, 'potsdam3': cls.potsdam3, 'synthetic': cls.synthetic}
         if name not in f: raise ValueError(f"no SmooSeg configuration for '{name}'; choose one of {', '.join(f)}")
         return f[name]()
 
