@@ -76,7 +76,7 @@ def test_hp_pools_survive_a_resume(tmp_path):
     full = train('hp', 'synthetic', tmp_path/'data', tmp_path/'full', steps=4, **SMOKE)
     half = train('hp', 'synthetic', tmp_path/'data', tmp_path/'half', steps=2, **SMOKE)
     ck = load_checkpoint(tmp_path/'half')
-    assert int(ck['task']['pool_step']) == 0
+    assert int(ck['task']['pool_step']) == 1                                     # the smoke setting renews P^sp at step 1
     torch.testing.assert_close(ck['task']['pool_ag'], half.task.pool_ag.cpu())
     torch.testing.assert_close(ck['task']['pool_sp'], half.task.pool_sp.cpu())
     resumed = train('hp', 'synthetic', tmp_path/'data', tmp_path/'half', steps=4, resume=True, **SMOKE)

@@ -250,7 +250,7 @@ class HpConfig:
     @classmethod
     def smoke(cls):
         "A toy setting that runs the same code on a CPU in seconds."
-        return cls(dataset='synthetic', n_classes=5, dim=16, pool_size=8, renew_interval=2, warmup=1, batch_size=4,
+        return cls(dataset='synthetic', n_classes=5, dim=16, pool_size=8, renew_interval=1, warmup=1, batch_size=4,
                    epochs=1, max_steps=4, image_size=64, five_crop=False, val_every=2, source='usseg smoke test')
 
     @classmethod

@@ -7,6 +7,7 @@ __all__ = ['HpMethod']
 
 # %% ../../nbs/41b_methods.hp.ipynb #bc498547
 import copy
+import warnings
 from dataclasses import replace
 
 import torch
@@ -56,6 +57,11 @@ def _training_data(self:HpMethod, dataset, # the training split, resized as trai
     self.pool_data = dataset
     self.steps_per_epoch = max(len(dataset)//train.get('batch_size', self.cfg.batch_size), 1)
     self.total_steps = train.get('max_steps', self.cfg.max_steps)
+    spe, every = self.steps_per_epoch, self.cfg.renew_interval
+    if every >= spe and (self.total_steps or 0) > spe:                          # renew_due counts within an epoch
+        warnings.warn(f'HP renews the task-specific pool every renew_interval={every} iterations within an epoch (as upstream), '
+                      f'but an epoch here has only {spe} iterations, so the pool would never be renewed: set renew_interval '
+                      f'below {spe} (config={{"renew_interval": ...}}) or train on more images', stacklevel=2)
     views = copy.copy(dataset)
     views.transform = MultiView(dataset.transform, aug=hp_photometric())
     return views
