@@ -163,11 +163,13 @@ def _default_config(cls, dataset:str, # dataset name
                     backbone:str, # backbone name
                     smoke:bool=False, # the tiny CPU setting
                    ):
-    "The configuration for `dataset` (the paper's where one exists), or the smoke setting."
+    "The configuration for `dataset` (the paper's where one exists; COCO-Stuff's for other images), or the smoke setting."
     C = cls.Config
     if smoke: return C.smoke()
     try: return C.for_dataset(dataset)
-    except ValueError: return C.for_dataset('synthetic') if dataset in ('synthetic', 'camvid', 'folder', 'voc2012') else C()
+    except ValueError:
+        if hasattr(C, 'cocostuff27'): return replace(C.cocostuff27(), dataset=dataset)   # a paper method on other natural images
+        return C.for_dataset('synthetic') if dataset in ('synthetic', 'camvid', 'folder', 'voc2012') else C()
 
 @classmethod
 def _build(cls, backbone:nn.Module, n_classes:int, cfg):

@@ -110,13 +110,6 @@ EagleMethod.training_step, EagleMethod.configure_optimizers = _training_step, _c
 
 # %% ../../nbs/41d_methods.eagle.ipynb #4c590f21
 @classmethod
-def _default_config(cls, dataset:str, backbone:str, smoke:bool=False) -> EagleConfig:
-    "The factory for `dataset` (COCO-Stuff's settings for other natural images), or the smoke setting."
-    if smoke: return EagleConfig.smoke()
-    try: return EagleConfig.for_dataset(dataset)
-    except ValueError: return replace(EagleConfig.cocostuff27(), dataset=dataset)
-
-@classmethod
 def _build(cls, backbone:nn.Module, n_classes:int, cfg:EagleConfig) -> EagleMethod:
     "The task for `backbone` and `n_classes` classes with `cfg`."
     cfg = replace(cfg, n_classes=n_classes, n_feats=cfg.n_blocks*backbone.embed_dim, backbone=getattr(backbone, 'name', cfg.backbone),
@@ -125,7 +118,7 @@ def _build(cls, backbone:nn.Module, n_classes:int, cfg:EagleConfig) -> EagleMeth
 
 def _training_data(self:EagleMethod, dataset, spec:dict): return BlurredViews(dataset)
 
-EagleMethod.default_config, EagleMethod.build, EagleMethod.training_data = _default_config, _build, _training_data
+EagleMethod.build, EagleMethod.training_data = _build, _training_data
 
 # %% ../../nbs/41d_methods.eagle.ipynb #716270b7
 def eigen_rgb(vectors:torch.Tensor, # `(B, 3, h, w)` EiCue eigenvectors

@@ -81,17 +81,10 @@ SmooSegMethod.training_step, SmooSegMethod.after_step, SmooSegMethod.configure_o
 
 # %% ../../nbs/41c_methods.smooseg.ipynb #413b3d4f
 @classmethod
-def _default_config(cls, dataset:str, backbone:str, smoke:bool=False) -> SmooSegConfig:
-    "The factory for `dataset` (COCO-Stuff's settings for other natural images), or the smoke setting."
-    if smoke: return SmooSegConfig.smoke()
-    try: return SmooSegConfig.for_dataset(dataset)
-    except ValueError: return replace(SmooSegConfig.cocostuff27(), dataset=dataset)
-
-@classmethod
 def _build(cls, backbone:nn.Module, n_classes:int, cfg:SmooSegConfig) -> SmooSegMethod:
     "The task for `backbone` and `n_classes` classes with `cfg`."
     cfg = replace(cfg, n_classes=n_classes, n_feats=backbone.embed_dim, backbone=getattr(backbone, 'name', cfg.backbone),
                   weights=str(getattr(backbone, 'weights', cfg.weights)))
     return cls(backbone, n_classes, cfg.dim, cfg.extra_clusters, cfg)
 
-SmooSegMethod.default_config, SmooSegMethod.build = _default_config, _build
+SmooSegMethod.build = _build
