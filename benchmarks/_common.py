@@ -34,3 +34,26 @@ def timeit(fn, repeat: int = 3, warmup: int = 1) -> dict:
         t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
     ts.sort()
     return {'median_s': round(ts[len(ts)//2], 4), 'min_s': round(ts[0], 4), 'repeat': repeat}
+
+
+def cpu_model() -> str:
+    "The CPU's model name (from /proc/cpuinfo where there is one)."
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or 'unknown'
+
+
+def time_train_steps(learner, batch: dict, warmup: int, steps: int) -> dict:
+    "Seconds per `learner.train_step(batch)` after `warmup` untimed steps (CUDA synchronised; peak memory reset after warm-up)."
+    cuda = learner.device.type == 'cuda'
+    t0 = time.perf_counter()
+    for _ in range(warmup): learner.train_step(batch)
+    if cuda: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    t1 = time.perf_counter()
+    for _ in range(steps): logs = learner.train_step(batch)
+    if cuda: torch.cuda.synchronize()
+    out = {'sec_per_step': (time.perf_counter() - t1)/steps, 'warmup_sec': round(t1 - t0, 2), 'final_loss': round(logs['loss'], 4)}
+    if cuda: out['peak_memory_gib'] = round(torch.cuda.max_memory_allocated()/2**30, 2)
+    return out

@@ -11,7 +11,7 @@ load average before and after) because on a shared machine the load changes the 
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -21,15 +21,10 @@ import usseg
 from usseg.backbones import load_backbone
 from usseg.core import atomic_write_text
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import cpu_model  # noqa: E402
+
 OUT = Path(__file__).resolve().parent/'results'/'backbone_forward_cpu.json'
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or 'unknown'
 
 
 def main(backbone='dino_vits8', batch=16, size=224, repeats=2, out=OUT):

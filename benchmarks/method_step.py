@@ -32,7 +32,7 @@ from usseg.learner import Learner, TrainConfig
 from usseg.methods import get_method
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, write  # noqa: E402
+from _common import machine, time_train_steps, write  # noqa: E402
 
 
 class RandomImages(torch.utils.data.Dataset):
@@ -68,13 +68,8 @@ def measure(method, device, precision, batch, size, steps, warmup):
                 'eagle': ('img', 'img_aug', 'label')}.get(method, ('img', 'label'))   # EAGLE: img_aug stands in for the blurred view
         items = [data[i] for i in range(batch)]
         b = {k: torch.stack([it[k] for it in items]).to(learner.device) for k in keys}
-        t0 = time.perf_counter()
-        for _ in range(warmup): learner.train_step(b)
-        if device.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-        t1 = time.perf_counter()
-        for _ in range(steps): logs = learner.train_step(b)
-        if device.type == 'cuda': torch.cuda.synchronize()
-        dt = (time.perf_counter() - t1)/steps
+        timed = time_train_steps(learner, b, warmup, steps)
+        dt = timed.pop('sec_per_step')
         if method == 'hp':
             n = min(16, cfg.pool_size)
             small = {'pool_size': cfg.pool_size}
@@ -86,8 +81,7 @@ def measure(method, device, precision, batch, size, steps, warmup):
             extra = {'pool_renewal_s_per_image': round(per_img, 4), 'pool_size': small['pool_size'], 'renew_interval': cfg.renew_interval,
                      'pool_renewal_s_per_step_amortised': round(per_img*small['pool_size']/cfg.renew_interval, 3)}
     res = {'precision': precision, 'img_per_s': round(batch/dt, 3), 'sec_per_step': round(dt, 3), 'steps_timed': steps,
-           'warmup_steps': warmup, 'warmup_sec': round(t1 - t0, 2), 'final_loss': round(logs['loss'], 4), **extra}
-    if device.type == 'cuda': res['peak_memory_gib'] = round(torch.cuda.max_memory_allocated()/2**30, 2)
+           'warmup_steps': warmup, **timed, **extra}
     print(res, flush=True)
     return res
 

@@ -15,7 +15,7 @@ machine the wall time of multi-threaded tiny kernels can be many times the CPU t
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -28,15 +28,10 @@ from usseg.losses.hp import HpConfig, consistency_loss, hp_loss, lhp_attention, 
 from usseg.losses.stego import StegoConfig, stego_loss
 from usseg.models.heads import ProjectionHead, StegoHead, ema_copy, ema_update, flatten_pixels
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import cpu_model  # noqa: E402
+
 OUT = Path(__file__).resolve().parent/'results'/'stego_hp_step_cpu.json'
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or 'unknown'
 
 
 def timed(fn, repeats):

@@ -26,6 +26,9 @@ import timm
 from usseg.core import atomic_write_text, default_device, set_seed
 from usseg.learner import Learner, ProbeTask, TrainConfig
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import time_train_steps  # noqa: E402
+
 
 class ViTFeatures(nn.Module):
     "A timm ViT as a frozen feature extractor: (B, 3, H, W) -> (B, C, H/p, W/p), the last block after the final norm."
@@ -59,16 +62,10 @@ def measure(device, precision, compiled, batch_size, image_size, steps, warmup, 
                           device=str(device), progress='none', n_samples=0)
         learner = Learner(task, data, d, cfg).setup()
         batch = {k: v.to(learner.device) for k, v in torch.utils.data.default_collate([data[i] for i in range(batch_size)]).items()}
-        t0 = time.perf_counter()
-        for _ in range(warmup): learner.train_step(batch)
-        if device.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-        t1 = time.perf_counter()
-        for _ in range(steps): logs = learner.train_step(batch)
-        if device.type == 'cuda': torch.cuda.synchronize()
-        dt = (time.perf_counter() - t1)/steps
+        timed = time_train_steps(learner, batch, warmup, steps)
+        dt = timed.pop('sec_per_step')
     res = {'precision': precision, 'compile': compiled, 'img_per_s': round(batch_size/dt, 2), 'sec_per_step': round(dt, 4),
-           'steps_timed': steps, 'warmup_steps': warmup, 'warmup_sec': round(t1 - t0, 2), 'final_loss': round(logs['loss'], 4)}
-    if device.type == 'cuda': res['peak_memory_gib'] = round(torch.cuda.max_memory_allocated()/2**30, 2)
+           'steps_timed': steps, 'warmup_steps': warmup, **timed}
     return res
 
 
