@@ -16,7 +16,8 @@ number of steps and its last checkpoint is scored.
     python benchmarks/synthetic_margin.py --method stego --seeds 100 101 --set dim=64 --out /tmp/tune.json   # tuning seeds
 
 Writes benchmarks/results/synthetic_margin_<method>.json (per seed, and the mean and standard deviation of the
-margin). The method's settings are `Config.synthetic()` (`usseg.losses.*`) plus any `--set KEY=VALUE`; the
+margin; per-class IoU on both sides). As a diagnostic it also runs the baseline's own k-means (same settings, same
+fit split) on the method's trained code: the same clusterer on both sides, so only the representation differs. The method's settings are `Config.synthetic()` (`usseg.losses.*`) plus any `--set KEY=VALUE`; the
 scene settings default to the ones the settings were tuned for (96 px, 200 images per split, 8 classes).
 Any method in the registry works (`--method smooseg`, ...) once it has a synthetic setting.
 """
@@ -50,12 +51,20 @@ def _kv(s):
 
 
 def scores(res) -> dict:
-    out = {'cluster_miou': round(res.cluster['miou'], 2), 'cluster_acc': round(res.cluster['acc'], 2)}
+    out = {'cluster_miou': round(res.cluster['miou'], 2), 'cluster_acc': round(res.cluster['acc'], 2),
+           'cluster_iou': [round(x, 1) for x in res.cluster['iou']]}   # per class, in the dataset's class order
     if res.linear is not None: out.update(linear_miou=round(res.linear['miou'], 2), linear_acc=round(res.linear['acc'], 2))
     if 'miou_upstream_drop' in res.cluster:   # extra clusters (EAGLE): also upstream's drop-extra-clusters convention
         out.update(cluster_miou_upstream_drop=round(res.cluster['miou_upstream_drop'], 2),
                    cluster_acc_upstream_drop=round(res.cluster['acc_upstream_drop'], 2))
     return out
+
+
+class CodeOf(torch.nn.Module):
+    "A trained task's code as a feature function for `baseline`: the same k-means on the code instead of the features."
+    def __init__(self, task): super().__init__(); self.task = task
+    @torch.no_grad()
+    def forward(self, img): return self.task.code(img)
 
 
 class KeysOf(torch.nn.Module):
@@ -86,9 +95,13 @@ def one_seed(method, seed, work, a, overrides) -> dict:
     t_train = time.time() - t0
     ev = {f: run.evaluate(flip=f, save=False, device=a.device) for f in (False, True)}
     flip = run.task.flip
-    rec = {'seed': seed, 'method_flip': flip,
+    run.task.eval()   # diagnostic: the baseline's own k-means (same settings, same fit split) on the trained code
+    code_km = {f: baseline(CodeOf(run.task), fit_ds, val_ds, a.n_classes, seed=seed, flip=f, fit_split='train', device=a.device)
+               for f in (False, True)}
+    rec = {'seed': seed, 'method_flip': flip, 'class_names': list(val_ds.class_names),
            'baseline': {'no_flip': scores(base[False]), 'flip': scores(base[True]), 'kmeans_backend': base[False].settings['kmeans']['backend']},
            'method': {'no_flip': scores(ev[False]), 'flip': scores(ev[True]), 'steps': run.step},
+           'kmeans_on_code': {'no_flip': scores(code_km[False]), 'flip': scores(code_km[True])},
            'seconds': {'baseline': round(t_base, 1), 'train': round(t_train, 1)}}
     if a.keys_baseline:
         rec['baseline_keys'] = {'blocks': a.keys_baseline, 'no_flip': scores(base_keys[False]), 'flip': scores(base_keys[True])}
@@ -98,13 +111,15 @@ def one_seed(method, seed, work, a, overrides) -> dict:
     key = 'flip' if flip else 'no_flip'
     m, b = rec['method'][key], rec['baseline'][key]
     rec['margin'] = {'miou': round(m['cluster_miou'] - b['cluster_miou'], 2), 'acc': round(m['cluster_acc'] - b['cluster_acc'], 2)}
+    ck = rec['kmeans_on_code'][key]   # the same clusterer on both sides: only the representation differs
+    rec['margin_same_kmeans'] = {'miou': round(ck['cluster_miou'] - b['cluster_miou'], 2), 'acc': round(ck['cluster_acc'] - b['cluster_acc'], 2)}
     if a.keys_baseline:
         bk = rec['baseline_keys']['flip' if flip else 'no_flip']
         rec['margin_keys'] = {'miou': round(m['cluster_miou'] - bk['cluster_miou'], 2), 'acc': round(m['cluster_acc'] - bk['cluster_acc'], 2)}
     if a.crf: rec['margin_crf'] = {k: round(rec['method']['crf'][f'cluster_{k}'] - rec['baseline']['crf'][f'cluster_{k}'], 2) for k in ('miou', 'acc')}
     print(f"seed {seed}: {method} cluster mIoU {m['cluster_miou']:.2f} acc {m['cluster_acc']:.2f} | k-means mIoU {b['cluster_miou']:.2f} "
           f"acc {b['cluster_acc']:.2f} | margin mIoU {rec['margin']['miou']:+.2f} acc {rec['margin']['acc']:+.2f} "
-          f"| train {t_train:.0f} s" + (f" | k-means on keys mIoU {bk['cluster_miou']:.2f}, margin {rec['margin_keys']['miou']:+.2f}"
+          f"| k-means on the code mIoU {ck['cluster_miou']:.2f} ({rec['margin_same_kmeans']['miou']:+.2f}) | train {t_train:.0f} s" + (f" | k-means on keys mIoU {bk['cluster_miou']:.2f}, margin {rec['margin_keys']['miou']:+.2f}"
                                          if a.keys_baseline else ''), flush=True)
     return rec
 
@@ -147,6 +162,7 @@ def main(argv=None):
                        'config': 'Config.synthetic()', 'overrides': overrides, 'threads': a.threads, 'device': a.device},
            'seeds': recs,
            'margin_miou': summary([r['margin']['miou'] for r in recs]), 'margin_acc': summary([r['margin']['acc'] for r in recs]),
+           'margin_same_kmeans_miou': summary([r['margin_same_kmeans']['miou'] for r in recs]),
            'method_cluster_miou': summary([r['method']['flip' if r['method_flip'] else 'no_flip']['cluster_miou'] for r in recs]),
            'baseline_cluster_miou': summary([r['baseline']['flip' if r['method_flip'] else 'no_flip']['cluster_miou'] for r in recs]),
            'total_seconds': round(time.time() - t0, 1), 'machine': machine()}
