@@ -810,6 +810,7 @@ def fit(self:Learner, resume:bool=False) -> dict:
     self._open_log(resumed)
     self._t0 = self._t_log = time.perf_counter()
     self._cb('on_fit_start')
+    finished = False
     try:
         with self._signals():
             batches = self._batches()
@@ -830,7 +831,10 @@ def fit(self:Learner, resume:bool=False) -> dict:
                                               f'{checkpoint_path(self.run_dir)}: continue with resume=True (--resume)', reason, self.step)
         if self._last_eval != self.step: self.evaluate()
         if self._last_save != self.step: self.save_checkpoint()
+        finished = True
     finally:
         self._cb('on_fit_end')
-        if self._owns_group and dist.is_initialized(): dist.destroy_process_group()
+        if self._owns_group and dist.is_initialized():
+            if finished: dist.barrier()   # every rank done before the group goes (gloo can abort a rank that exits first)
+            dist.destroy_process_group()
     return next((r for r in reversed(self.history) if r['split'] == 'train'), {})
