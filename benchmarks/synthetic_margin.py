@@ -17,8 +17,9 @@ number of steps and its last checkpoint is scored.
 
 Writes benchmarks/results/synthetic_margin_<method>.json (per seed, and the mean and standard deviation of the
 margin; per-class IoU on both sides). As a diagnostic it also runs the baseline's own k-means (same settings, same
-fit split) on the method's trained code: the same clusterer on both sides, so only the representation differs. The method's settings are `Config.synthetic()` (`usseg.losses.*`) plus any `--set KEY=VALUE`; the
-scene settings default to the ones the settings were tuned for (96 px, 200 images per split, 8 classes).
+fit split) on the method's trained code: the same clusterer on both sides, so only the representation differs.
+The method's settings are `Config.synthetic()` (`usseg.losses.*`) plus any `--set KEY=VALUE`; the scene settings
+default to the ones the settings were tuned for (96 px, 200 images per split, 8 classes).
 Any method in the registry works (`--method smooseg`, ...) once it has a synthetic setting.
 """
 import argparse
@@ -50,6 +51,11 @@ def _kv(s):
     return k, v
 
 
+def margin(a:dict, b:dict) -> dict:
+    "Cluster mIoU and accuracy of `a` minus those of `b` (two `scores` dicts)."
+    return {k: round(a[f'cluster_{k}'] - b[f'cluster_{k}'], 2) for k in ('miou', 'acc')}
+
+
 def scores(res) -> dict:
     out = {'cluster_miou': round(res.cluster['miou'], 2), 'cluster_acc': round(res.cluster['acc'], 2),
            'cluster_iou': [round(x, 1) for x in res.cluster['iou']]}   # per class, in the dataset's class order
@@ -58,13 +64,6 @@ def scores(res) -> dict:
         out.update(cluster_miou_upstream_drop=round(res.cluster['miou_upstream_drop'], 2),
                    cluster_acc_upstream_drop=round(res.cluster['acc_upstream_drop'], 2))
     return out
-
-
-class CodeOf(torch.nn.Module):
-    "A trained task's code as a feature function for `baseline`: the same k-means on the code instead of the features."
-    def __init__(self, task): super().__init__(); self.task = task
-    @torch.no_grad()
-    def forward(self, img): return self.task.code(img)
 
 
 class KeysOf(torch.nn.Module):
@@ -96,7 +95,7 @@ def one_seed(method, seed, work, a, overrides) -> dict:
     ev = {f: run.evaluate(flip=f, save=False, device=a.device) for f in (False, True)}
     flip = run.task.flip
     run.task.eval()   # diagnostic: the baseline's own k-means (same settings, same fit split) on the trained code
-    code_km = {f: baseline(CodeOf(run.task), fit_ds, val_ds, a.n_classes, seed=seed, flip=f, fit_split='train', device=a.device)
+    code_km = {f: baseline(run.task.code, fit_ds, val_ds, a.n_classes, seed=seed, flip=f, fit_split='train', device=a.device)
                for f in (False, True)}
     rec = {'seed': seed, 'method_flip': flip, 'class_names': list(val_ds.class_names),
            'baseline': {'no_flip': scores(base[False]), 'flip': scores(base[True]), 'kmeans_backend': base[False].settings['kmeans']['backend']},
@@ -110,13 +109,13 @@ def one_seed(method, seed, work, a, overrides) -> dict:
         rec['method']['crf'] = scores(run.evaluate(flip=flip, crf=True, save=False, device=a.device))
     key = 'flip' if flip else 'no_flip'
     m, b = rec['method'][key], rec['baseline'][key]
-    rec['margin'] = {'miou': round(m['cluster_miou'] - b['cluster_miou'], 2), 'acc': round(m['cluster_acc'] - b['cluster_acc'], 2)}
+    rec['margin'] = margin(m, b)
     ck = rec['kmeans_on_code'][key]   # the same clusterer on both sides: only the representation differs
-    rec['margin_same_kmeans'] = {'miou': round(ck['cluster_miou'] - b['cluster_miou'], 2), 'acc': round(ck['cluster_acc'] - b['cluster_acc'], 2)}
+    rec['margin_same_kmeans'] = margin(ck, b)
     if a.keys_baseline:
-        bk = rec['baseline_keys']['flip' if flip else 'no_flip']
-        rec['margin_keys'] = {'miou': round(m['cluster_miou'] - bk['cluster_miou'], 2), 'acc': round(m['cluster_acc'] - bk['cluster_acc'], 2)}
-    if a.crf: rec['margin_crf'] = {k: round(rec['method']['crf'][f'cluster_{k}'] - rec['baseline']['crf'][f'cluster_{k}'], 2) for k in ('miou', 'acc')}
+        bk = rec['baseline_keys'][key]
+        rec['margin_keys'] = margin(m, bk)
+    if a.crf: rec['margin_crf'] = margin(rec['method']['crf'], rec['baseline']['crf'])
     print(f"seed {seed}: {method} cluster mIoU {m['cluster_miou']:.2f} acc {m['cluster_acc']:.2f} | k-means mIoU {b['cluster_miou']:.2f} "
           f"acc {b['cluster_acc']:.2f} | margin mIoU {rec['margin']['miou']:+.2f} acc {rec['margin']['acc']:+.2f} "
           f"| k-means on the code mIoU {ck['cluster_miou']:.2f} ({rec['margin_same_kmeans']['miou']:+.2f}) | train {t_train:.0f} s" + (f" | k-means on keys mIoU {bk['cluster_miou']:.2f}, margin {rec['margin_keys']['miou']:+.2f}"
