@@ -25,9 +25,9 @@ def main(repeats=5):
            'median_s': round(statistics.median(times), 3), 'all_s': [round(t, 3) for t in times],
            'cpu': platform.processor() or platform.machine(), 'n_cpus': os.cpu_count(),
            'load_avg_1m': os.getloadavg()[0]}
+    from usseg.core import atomic_write_text   # imported here: the timed subprocesses import usseg themselves
     out = Path(__file__).parent/'results'/'offline_weights.json'
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + '\n')
+    atomic_write_text(out, json.dumps(res, indent=1) + '\n')
     print(json.dumps(res))
 
 if __name__ == '__main__': main()
