@@ -19,8 +19,9 @@ def machine() -> dict:
 
 
 def write(name: str, result: dict) -> Path:
+    "Write `result` as `results/<name>.json`, or to `name` itself when it is a path ending in `.json`."
     from usseg.core import atomic_write_text
-    p = RESULTS/f'{name}.json'
+    p = Path(name) if name.endswith('.json') else RESULTS/f'{name}.json'
     atomic_write_text(p, json.dumps(result, indent=1) + '\n')
     print(f'wrote {p}')
     return p

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 import usseg
 import timm
-from usseg.core import atomic_write, atomic_write_text
+from usseg.core import atomic_write, atomic_write_text, default_device
 from usseg.data import get_dataset
 from usseg.data.prepare import _ids, _transform_of, knn_file, knn_from_features, pooled_features
 
@@ -56,6 +56,7 @@ def main(argv=None):
     p.add_argument('--device', default='cpu', help='cpu or cuda (GPU memory is not measured)')
     p.add_argument('--out', default=None, help='default: benchmarks/results/knn_mining_<device>.json')
     a = p.parse_args(argv)
+    default_device(a.device)                  # a GPU asked for and missing: fail now, not after rendering the scenes
     a.out = a.out or str(Path(__file__).parent/'results'/f'knn_mining_{a.device.split(":")[0]}.json')
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

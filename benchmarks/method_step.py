@@ -96,13 +96,14 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=2)
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--out', default=None, help='JSON path (default: benchmarks/results/method_step_<method>_<device>.json)')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     device = default_device(a.device)
     cfg = get_method(a.method).default_config('cocostuff27', 'dino_vits8')
     batch = a.batch_size or cfg.batch_size
     results = [measure(a.method, device, pr, batch, a.image_size, a.steps, a.warmup) for pr in a.precision]
-    write(f'method_step_{a.method}_{device.type}', {
+    write(a.out or f'method_step_{a.method}_{device.type}', {
         'benchmark': 'method training step (Learner.train_step)', 'method': a.method, 'config': getattr(cfg, 'source', f'{type(cfg).__name__}.cocostuff27()'),
         'backbone': 'dino_vits8 (vit_small_patch8_224), random weights, frozen', 'batch_size': batch, 'image_size': a.image_size,
         'paper_batch_size': cfg.batch_size, 'device': str(device), 'results': results, 'machine': machine(),
