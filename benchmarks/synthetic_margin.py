@@ -18,6 +18,10 @@ number of steps and its last checkpoint is scored.
 Writes benchmarks/results/synthetic_margin_<method>.json (per seed, and the mean and standard deviation of the
 margin; per-class IoU on both sides). As a diagnostic it also runs the baseline's own k-means (same settings, same
 fit split) on the method's trained code: the same clusterer on both sides, so only the representation differs.
+With `--offline-probe` it also fits a linear probe to convergence (L-BFGS on sampled training pixels, the same
+procedure for every input) on the frozen features, on the keys (with `--keys-baseline`) and on the trained code,
+and scores it on the val split like the method's own linear probe: how much of its input's linearly readable
+information the code keeps, free of how long the in-training probe was trained.
 The method's settings are `Config.synthetic()` (`usseg.losses.*`) plus any `--set KEY=VALUE`; the scene settings
 default to the ones the settings were tuned for (96 px, 200 images per split, 8 classes).
 Any method in the registry works (`--method smooseg`, ...) once it has a synthetic setting.
@@ -32,12 +36,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 import usseg  # noqa: F401  (compat shim before timm)
 from usseg.backbones import load_backbone
 from usseg.data import get_dataset
 from usseg.data.transforms import EvalTransform
-from usseg.evaluate import baseline
+from usseg.evaluate import baseline, evaluate
 from usseg.methods import get_method, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -73,6 +79,49 @@ class KeysOf(torch.nn.Module):
     def forward(self, img): return torch.cat(self.bb.features(img, self.n, ('keys',))['keys'], 1)   # (B, n*C, h, w)
 
 
+def fit_linear_probe(feature_fn, dataset, n_classes:int, n_points:int=60_000, seed:int=0, flip:bool=False,
+                     device='cpu', max_iter:int=300, weight_decay:float=1e-4) -> torch.nn.Conv2d:
+    """A 1x1-conv linear probe on `feature_fn`'s output, fitted to convergence: `n_points` labelled pixels drawn
+    evenly from `dataset` (features upsampled to the label grid as the evaluation does), standardised, then
+    multinomial logistic regression by full-batch L-BFGS; the standardisation is folded into the returned conv."""
+    g = torch.Generator().manual_seed(seed)
+    per_image = -(-n_points // len(dataset))
+    xs, ys = [], []
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=8, shuffle=False):
+            img, lab = batch['img'].to(device), batch['label']
+            f = feature_fn(img)
+            if flip: f = (f + feature_fn(img.flip(-1)).flip(-1))/2
+            f = F.interpolate(f.float(), lab.shape[-2:], mode='bilinear', align_corners=False).cpu()
+            for x, y in zip(f, lab):
+                ok = (y >= 0).flatten().nonzero().squeeze(1)
+                pick = ok[torch.randperm(len(ok), generator=g)[:per_image]]
+                xs.append(x.flatten(1)[:, pick].T); ys.append(y.flatten()[pick])
+    x, y = torch.cat(xs).double(), torch.cat(ys)
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mu)/sd
+    lin = torch.nn.Linear(x.shape[1], n_classes).double()
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=max_iter, line_search_fn='strong_wolfe')
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(z), y) + weight_decay*lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    conv = torch.nn.Conv2d(x.shape[1], n_classes, 1)
+    with torch.no_grad():
+        w = lin.weight/sd
+        conv.weight.copy_(w[:, :, None, None].float()); conv.bias.copy_((lin.bias - w @ mu).float())
+    return conv.to(device)
+
+
+def offline_probe(feature_fn, fit_ds, val_ds, n_classes, seed, flip, device) -> dict:
+    "Linear mIoU and accuracy on `val_ds` of `fit_linear_probe` fitted on `fit_ds`."
+    head = fit_linear_probe(feature_fn, fit_ds, n_classes, seed=seed, flip=flip, device=device)
+    lin = evaluate(feature_fn, val_ds, linear_head=head, flip=flip, device=device).linear
+    return {'linear_miou': round(lin['miou'], 2), 'linear_acc': round(lin['acc'], 2)}
+
+
 def one_seed(method, seed, work, a, overrides) -> dict:
     kw = dict(n_images=a.n_images, size=a.size, n_classes=a.n_classes)
     root = work/'data'
@@ -104,6 +153,10 @@ def one_seed(method, seed, work, a, overrides) -> dict:
            'seconds': {'baseline': round(t_base, 1), 'train': round(t_train, 1)}}
     if a.keys_baseline:
         rec['baseline_keys'] = {'blocks': a.keys_baseline, 'no_flip': scores(base_keys[False]), 'flip': scores(base_keys[True])}
+    if a.offline_probe:   # diagnostic: the same converged linear probe on the input and on the trained code
+        inputs = {'features': bb, **({'keys': kb} if a.keys_baseline else {}), 'code': run.task.code}
+        rec['offline_probe'] = {k: offline_probe(fn, fit_ds, val_ds, a.n_classes, seed, flip, a.device) for k, fn in inputs.items()}
+        print(f"seed {seed}: converged linear probe mIoU " + ', '.join(f"{k} {v['linear_miou']:.2f}" for k, v in rec['offline_probe'].items()), flush=True)
     if a.crf:
         rec['baseline']['crf'] = scores(baseline(bb, fit_ds, val_ds, a.n_classes, seed=seed, flip=flip, crf=True, device=a.device))
         rec['method']['crf'] = scores(run.evaluate(flip=flip, crf=True, save=False, device=a.device))
@@ -141,6 +194,8 @@ def main(argv=None):
     p.add_argument('--crf', action='store_true', help='also score both with the dense CRF')
     p.add_argument('--keys-baseline', type=int, default=0, metavar='N',
                    help='also k-means on the keys of the last N blocks (EAGLE reads those: --keys-baseline 2)')
+    p.add_argument('--offline-probe', action='store_true',
+                   help='also a linear probe fitted to convergence on the features, the keys and the trained code')
     p.add_argument('--threads', type=int, default=1, help='torch threads (default 1: steadier on a shared CPU)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--work', default=None, help='keep scenes and runs here (default: a temporary folder, removed)')
@@ -168,6 +223,9 @@ def main(argv=None):
     if a.keys_baseline:
         res['margin_keys_miou'] = summary([r['margin_keys']['miou'] for r in recs])
         res['margin_keys_acc'] = summary([r['margin_keys']['acc'] for r in recs])
+    if a.offline_probe:
+        res['offline_probe_linear_miou'] = {k: summary([r['offline_probe'][k]['linear_miou'] for r in recs])
+                                            for k in recs[0]['offline_probe']}
     if a.crf: res['margin_crf_miou'] = summary([r['margin_crf']['miou'] for r in recs])
     print(f"{a.method}: margin over k-means, mIoU {res['margin_miou']['mean']:+.2f} ± {res['margin_miou']['std']:.2f}, "
           f"accuracy {res['margin_acc']['mean']:+.2f} ± {res['margin_acc']['std']:.2f} ({len(recs)} seeds, {res['total_seconds']:.0f} s)")
