@@ -13,6 +13,7 @@ import torch
 import usseg  # noqa: F401
 from usseg.backbones import load_backbone
 from usseg.data import get_dataset
+from usseg.data.prepare import neighbours_dir
 from usseg.data.transforms import EvalTransform
 from usseg.learner import load_checkpoint
 from usseg.losses.hp import HpConfig
@@ -69,7 +70,7 @@ def test_checkpoint_round_trip_gives_the_same_code(method, tmp_path):
     cfg = json.loads((tmp_path/'run'/'config.json').read_text())
     assert cfg['task']['method'] == method and cfg['task']['spec']['config']['dim'] == 16
     if method == 'hp': assert cfg['train']['clip_grad_norm'] == 10.0
-    if method == 'stego': assert list((tmp_path/'data'/'nns').glob('nns_vit_tiny8-random_synthetic-*_train_None_64.npz'))
+    if method == 'stego': assert list(neighbours_dir(tmp_path/'data').glob('nns_vit_tiny8-random_synthetic-*_train_None_64.npz'))
 
 
 def test_hp_pools_survive_a_resume(tmp_path):
