@@ -148,11 +148,20 @@ class EvalResult:
 def _collate(items):
     return {'img': torch.stack([it['img'] for it in items]), 'label': torch.stack([torch.as_tensor(it['label']) for it in items])}
 
+def _module_of(obj):
+    "The module `obj` runs: itself, or the owner of a bound method such as `task.code`; None for other callables."
+    if isinstance(obj, nn.Module): return obj
+    owner = getattr(obj, '__self__', None)
+    return owner if isinstance(owner, nn.Module) else None
+
 def _eval_mode(objs):
-    mods = [m for m in objs if isinstance(m, nn.Module)]
-    state = [m.training for m in mods]
+    "Put the modules behind `objs` in eval mode; returns a function that restores every submodule's mode exactly."
+    mods = list({id(m): m for m in map(_module_of, objs) if m is not None}.values())
+    state = [(sub, sub.training) for m in mods for sub in m.modules()]
     for m in mods: m.eval()
-    return lambda: [m.train(s) for m, s in zip(mods, state)]
+    def restore():
+        for sub, was in state: sub.training = was
+    return restore
 
 def evaluate(model, # callable img (B, 3, H, W) -> code (B, D, h, w)
              dataset, # items {'img': (3, H, W) normalised, 'label': (H, W) int64, -1 = ignore}; needs `n_classes`
@@ -176,7 +185,7 @@ def evaluate(model, # callable img (B, 3, H, W) -> code (B, D, h, w)
     if not n_classes: raise ValueError('the dataset has no n_classes attribute: pass n_classes=')
     class_names = class_names or getattr(dataset, 'class_names', None)
     dev = default_device(device)
-    if isinstance(model, nn.Module): model = model.to(dev)
+    if _module_of(model) is not None: _module_of(model).to(dev)
     for h in (cluster_head, linear_head):
         if isinstance(h, nn.Module): h.to(dev)
     heads = {}
