@@ -10,8 +10,10 @@ from torch import nn
 import usseg.learner as L
 from usseg.core import set_seed
 from usseg.data.synthetic import SyntheticScenes
-from usseg.learner import (TIMING_KEYS, Learner, NonFiniteLossError, ProbeTask, ProgressBar, Task, TensorBoardLogger,
-                           TinyFeatures, TrainConfig, load_checkpoint, load_task_state)
+from usseg.learner import (TIMING_KEYS, Learner, NonFiniteLossError, ProgressBar, Task, TensorBoardLogger, TrainConfig,
+                           load_checkpoint, load_task_state)
+
+from helpers import ProbeTask, TinyFeatures
 
 DATA = SyntheticScenes('train', n_images=16, size=24, n_classes=4)
 
@@ -170,3 +172,4 @@ def test_progress_bar(tmp_path, capsys):
     assert '3/3' in capsys.readouterr().err
     learner(tmp_path/'s', callbacks=[ProgressBar('lines')], max_steps=2).fit()
     assert 'train step      2  acc' in capsys.readouterr().out
+
