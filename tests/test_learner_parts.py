@@ -173,3 +173,22 @@ def test_progress_bar(tmp_path, capsys):
     learner(tmp_path/'s', callbacks=[ProgressBar('lines')], max_steps=2).fit()
     assert 'train step      2  acc' in capsys.readouterr().out
 
+
+def test_helpers_match_the_learner_page(root):
+    "The task in tests/helpers.py is the one nbs/40_learner.ipynb writes in the open (not exported): the copies must agree."
+    import ast
+    import inspect
+    import json
+
+    import helpers
+    on_page = {}
+    for c in json.loads((root/'nbs'/'40_learner.ipynb').read_text(encoding='utf-8'))['cells']:
+        src = ''.join(c['source'])
+        if c['cell_type'] != 'code': continue
+        try: body = ast.parse(src).body
+        except SyntaxError: continue  # shell and magic lines
+        for node in body:
+            if isinstance(node, ast.ClassDef) and node.name in helpers.__all__: on_page[node.name] = ast.get_source_segment(src, node)
+    assert sorted(on_page) == sorted(helpers.__all__), f'the Learner page defines {sorted(on_page)}'
+    for name, src in on_page.items():
+        assert inspect.getsource(getattr(helpers, name)).strip() == src.strip(), f'{name} differs between tests/helpers.py and the Learner page'
