@@ -16,7 +16,9 @@ import torch
 import usseg  # noqa: F401  (compat shim first)
 from usseg.core import set_seed
 from usseg.data.synthetic import SyntheticScenes
-from usseg.learner import Callback, Learner, ProbeTask, ProgressBar, TinyFeatures, TrainConfig
+from usseg.learner import Callback, Learner, ProgressBar, TrainConfig
+
+from helpers import ProbeTask, TinyFeatures  # tests/helpers.py: this script's folder is on sys.path
 
 
 class Augmented(torch.utils.data.Dataset):

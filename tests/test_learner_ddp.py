@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from usseg.core import set_seed
-from usseg.learner import TIMING_KEYS, ProbeTask, TinyFeatures, load_checkpoint
+from usseg.learner import TIMING_KEYS, load_checkpoint
+
+from helpers import ProbeTask, TinyFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT/'tests'/'learner_train.py'
