@@ -103,14 +103,37 @@ def picture(ds, priors: dict, fg_classes: list, idx: list, path: Path, title: st
     print(f'wrote {path}')
 
 
-def load(args):
-    from usseg.backbones import load_backbone
-    return load_backbone(args.backbone, args.weights)
+def run_backbone(backbone, sets, args, pictures: bool) -> dict:
+    "Every variant on every dataset with one backbone."
+    priors = variants(backbone)
+    res = {'backbone': {'name': backbone.name, 'weights': backbone.weights, 'stride': backbone.patch_size,
+                        'channels': backbone.embed_dim, 'fingerprint': backbone.fingerprint()},
+           'settings': {n: {'class': type(v).__name__, **{k: x for k, x in v.settings().items() if k not in ('weights', 'backbone')}}
+                        for n, v in priors.items()}, 'datasets': {}}
+    for name, ds, fgc in sets:
+        t = time.perf_counter()
+        base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
+        r = score(ds, priors, backbone, args.batch_size, fgc)
+        fg_share = float(np.mean([np.isin(ds[i]['label'].numpy(), fgc).mean() for i in range(len(ds))]))
+        r.update(n_images=len(ds), size=list(ds[0]['img'].shape[-2:]), foreground=[base.class_names[c] for c in fgc],
+                 foreground_share=round(fg_share, 4), seconds_total=round(time.perf_counter() - t, 1))
+        res['datasets'][name] = r
+        print(backbone.name, name, json.dumps({k: {m: round(x, 3) for m, x in v.items() if isinstance(x, float)} for k, v in r['variants'].items()}))
+        if pictures:
+            v = r['variants']
+            idx = sorted({*v['tokencut']['best_images'][:2], *v['spectral']['best_images'][:2], *v['tokencut']['worst_images'][:1],
+                          *v['spectral']['worst_images'][:1]})[:6]
+            show = {n: priors[n] for n in ('centre', 'tokencut', 'spectral', 'attention') if n in priors}
+            picture(ds, show, fgc, idx, Path(args.pictures)/f'saliency_{name}.png',
+                    f'{name}: best and worst images of TokenCut and the spectral prior ({backbone.name})')
+            r['picture_images'] = idx
+    return res
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--backbone', default='efficientnet_lite0', help='a usseg backbone (default: %(default)s)')
+    p.add_argument('--backbones', nargs='+', default=['efficientnet_lite0_s8', 'efficientnet_lite0'],
+                   help='usseg backbones, the first one drawn in the pictures (default: %(default)s)')
     p.add_argument('--weights', default='pretrained')
     p.add_argument('--synthetic-n', type=int, default=200, help='synthetic test scenes (default: %(default)s)')
     p.add_argument('--synthetic-size', type=int, default=128)
@@ -125,45 +148,25 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.dry_run:
-        args.backbone, args.weights, args.synthetic_n, args.camvid_n, args.pictures = 'vit_tiny8', 'random', 4, 4, ''
+        args.backbones, args.weights, args.synthetic_n, args.camvid_n, args.pictures = ['vit_tiny8'], 'random', 4, 4, ''
+    from usseg.backbones import load_backbone
     from usseg.data import get_dataset
     from usseg.data.synthetic import SyntheticScenes
     from usseg.data.transforms import EvalTransform
     from usseg.priors.saliency import object_classes
-    backbone = load(args)
-    priors = variants(backbone)
-    res = {'what': 'saliency priors vs the centre prior: max F (beta^2 = 0.3, mean P/R curves), MAE, IoU at 0.5; '
-                   'seconds per image (features included)',
-           'backbone': {'name': backbone.name, 'weights': backbone.weights, 'stride': backbone.patch_size,
-                        'fingerprint': backbone.fingerprint()},
-           'settings': {n: {'class': type(v).__name__, **({k: x for k, x in v.settings().items() if k not in ('weights', 'backbone')}
-                                                          if hasattr(v, 'backbone') else v.settings())} for n, v in priors.items()},
-           'machine': {**machine(), 'cpu_model': cpu_model()}, 'datasets': {}}
     syn = SyntheticScenes('test', n_images=args.synthetic_n, size=args.synthetic_size, n_classes=8, seed=0)
     sets = [('synthetic', syn, object_classes(syn))]
     if Path(args.camvid_root).is_dir():
         cam = get_dataset('camvid', args.camvid_root, 'test', transform=EvalTransform(tuple(args.camvid_size)))
+        fgc = object_classes(cam)
         if args.camvid_n: cam = torch.utils.data.Subset(cam, range(min(args.camvid_n, len(cam))))
-        base = cam.dataset if isinstance(cam, torch.utils.data.Subset) else cam
-        sets.append(('camvid', cam, object_classes(base)))
+        sets.append(('camvid', cam, fgc))
     else: print(f'no CamVid at {args.camvid_root}: synthetic scenes only')
-    for name, ds, fgc in sets:
-        t = time.perf_counter()
-        base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
-        r = score(ds, priors, backbone, args.batch_size, fgc)
-        fg_share = float(np.mean([np.isin(ds[i]['label'].numpy(), fgc).mean() for i in range(len(ds))]))
-        r.update(n_images=len(ds), size=list(ds[0]['img'].shape[-2:]), foreground=[base.class_names[c] for c in fgc],
-                 foreground_share=round(fg_share, 4), seconds_total=round(time.perf_counter() - t, 1))
-        res['datasets'][name] = r
-        print(name, json.dumps({k: {m: round(x, 3) for m, x in v.items() if isinstance(x, float)} for k, v in r['variants'].items()}))
-        if args.pictures:
-            v = r['variants']
-            idx = sorted({*v['tokencut']['best_images'][:2], *v['spectral']['best_images'][:2], *v['tokencut']['worst_images'][:1],
-                          *v['spectral']['worst_images'][:1]})[:6]
-            show = {n: priors[n] for n in ('centre', 'tokencut', 'spectral', 'spectral_no_colour', 'attention') if n in priors}
-            picture(ds, show, fgc, idx, Path(args.pictures)/f'saliency_{name}.png',
-                    f'{name}: best and worst images of TokenCut and the spectral prior ({backbone.name})')
-            res['datasets'][name]['picture_images'] = idx
+    res = {'what': 'saliency priors vs the centre prior: max F (beta^2 = 0.3, mean P/R curves), MAE, IoU at 0.5; '
+                   'seconds per image (features included)',
+           'machine': {**machine(), 'cpu_model': cpu_model()},
+           'runs': [run_backbone(load_backbone(b, args.weights), sets, args, pictures=bool(args.pictures) and i == 0)
+                    for i, b in enumerate(args.backbones)]}
     write(args.out, res)
 
 

@@ -15,10 +15,11 @@ def test_saliency_benchmark_dry_run(tmp_path):
                         '--out', str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     d = json.loads(out.read_text())
-    syn = d['datasets']['synthetic']
+    (run,) = d['runs']
+    syn = run['datasets']['synthetic']
     assert syn['n_images'] == 4 and syn['foreground'] == ['ball', 'box', 'leaf', 'sign']
     assert {'centre', 'tokencut', 'spectral', 'attention'} <= set(syn['variants'])
     for v in syn['variants'].values():
         assert v['sec_per_image'] >= 0
         if 'max_f' in v: assert 0 <= v['max_f'] <= 1 and 0 <= v['mae'] <= 1 and 0 <= v['iou'] <= 1
-    assert 'camvid' not in d['datasets']
+    assert 'camvid' not in run['datasets']
