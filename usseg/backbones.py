@@ -28,7 +28,7 @@ from fastcore.basics import patch
 from torch import nn
 
 from ._compat import WeightsNotFoundError, weights_help
-from .core import IMAGENET_MEAN, IMAGENET_STD, default_device, normalize, usseg_home
+from .core import IMAGENET_MEAN, IMAGENET_STD, default_device, usseg_home
 
 # %% ../nbs/10_backbones.ipynb #7598ebe1
 @dataclass(frozen=True)
