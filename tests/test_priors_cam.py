@@ -132,8 +132,22 @@ def test_cam_crf_matches_hsc(g):
     cams, _, label = _run(g, 'eps', 'eps', 'last')
     q = crf_cams(g['eps_img'].numpy(), cams.detach(), label[0], alpha=7)
     keys = g['eps_crf_keys'].long()
-    torch.testing.assert_close(q[keys].double(), g['eps_crf'].double(), rtol=0, atol=1e-6)   # float32 marginals
+    torch.testing.assert_close(q[keys].double(), g["eps_crf"].double(), rtol=0, atol=0)   # the same float32 marginals
     assert (q[[k for k in range(21) if k not in keys.tolist()]] == 0).all()
+
+
+@needs_crf
+def test_cam_crf_matches_hsc_larger_image(g):
+    "`_crf_with_alpha` itself on a 40 x 52 image, three classes, t = 8, alpha = 7 (HSC README)."
+    cams, label = g['crfa_cams'], (g['crfa_cams'].flatten(1).amax(1) > 0).float()
+    q = crf_cams(g['crfa_img'].numpy(), cams, label, alpha=7)
+    torch.testing.assert_close(q[g["crfa_keys"].long()].double(), g["crfa_out"].double(), rtol=0, atol=0)
+
+
+def test_threshold_ties_go_to_the_background():
+    cams = torch.tensor([[[[0.3, 0.5]], [[0.2, 0.5]]]])
+    assert cams_to_labels(cams, thr=0.3).tolist() == [[[0, 1]]]            # 0.3 = t: background; 0.5 = 0.5: class 0
+    assert cams_to_labels(cams, torch.tensor([[0., 1.]]), thr=0.1).tolist() == [[[2, 2]]]
 
 
 @needs_crf
@@ -145,6 +159,9 @@ def test_torch_backends_agree_with_pydensecrf(g):
     a = crf_cams(g['eps_img'].numpy(), cams.detach(), label[0], backend='torch')
     b = crf_cams(g['eps_img'].numpy(), cams.detach(), label[0])
     assert (a.argmax(0) == b.argmax(0)).float().mean() > 0.97
+    cams, label = g['crfa_cams'], (g['crfa_cams'].flatten(1).amax(1) > 0).float()
+    a = crf_cams(g['crfa_img'].numpy(), cams, label, alpha=7, backend='torch')
+    assert (a.argmax(0) == g['crfa_keys'].long()[g['crfa_out'].argmax(0)]).float().mean() > 0.95
 
 
 def test_label_unary():

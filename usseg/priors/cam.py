@@ -191,18 +191,18 @@ def cam_curve(cams, # `(N, K, H, W)` normalised CAMs, or a list of `(K, H_i, W_i
     hist = None
     for i in range(len(cams)):
         c = torch.as_tensor(cams[i]).float()
-        g = torch.as_tensor(gts[i]).long()
+        g = torch.as_tensor(gts[i]).long().to(c.device)
         K = c.shape[0]
         if g.shape != c.shape[1:]: raise ValueError(f'image {i}: CAMs {tuple(c.shape[1:])} and mask {tuple(g.shape)} differ in size')
-        if labels is not None: c = torch.where(torch.as_tensor(labels[i]).bool()[:, None, None], c, torch.zeros_like(c))
+        if labels is not None: c = torch.where(torch.as_tensor(labels[i]).to(c.device).bool()[:, None, None], c, torch.zeros_like(c))
         if hist is None: n_lab, hist = K + 1, torch.zeros(K + 1, K + 1, len(t) + 1, dtype=torch.float64)
         elif K + 1 != n_lab: raise ValueError(f'image {i} has {K} CAMs, image 0 had {n_lab - 1}')
         m, a = c.max(0)                                             # the winning class and its score
         keep = (g >= 0) & (g != ignore_index)
         if (g[keep] >= n_lab).any(): raise ValueError(f'image {i}: mask value {int(g[keep].max())} >= K+1 = {n_lab}')
-        k = torch.searchsorted(t32, m[keep], right=False)           # number of thresholds below the score
+        k = torch.searchsorted(t32.to(m.device), m[keep], right=False)   # number of thresholds below the score
         idx = (g[keep] * n_lab + (a[keep] + 1)) * (len(t) + 1) + k
-        hist += torch.bincount(idx, minlength=hist.numel()).reshape(hist.shape).double()
+        hist += torch.bincount(idx, minlength=hist.numel()).reshape(hist.shape).cpu().double()
     if hist is None: raise ValueError('cam_curve needs at least one image')
     # at threshold j a pixel is foreground iff its score passes it, i.e. j < k
     fg = hist.flip(-1).cumsum(-1).flip(-1)[..., 1:]                 # (gt, class, T): pixels with k > j
@@ -224,11 +224,11 @@ def label_miou(preds, # `(N, H, W)` label maps (0 = background, c + 1), or a lis
     if absent not in ('zero', 'skip'): raise ValueError(f"absent must be 'zero' or 'skip', got {absent!r}")
     conf = torch.zeros(n_classes * n_classes, dtype=torch.float64)
     for p, g in zip(preds, gts):
-        p, g = torch.as_tensor(p).long().flatten(), torch.as_tensor(g).long().flatten()
+        p, g = torch.as_tensor(p).long().flatten(), torch.as_tensor(g).long().flatten().to(torch.as_tensor(p).device)
         keep = (g >= 0) & (g != ignore_index)
         if (g[keep] >= n_classes).any() or (p[keep] >= n_classes).any() or (p[keep] < 0).any():
             raise ValueError(f'labels must lie in [0, {n_classes}) (the background included)')
-        conf += torch.bincount(g[keep] * n_classes + p[keep], minlength=n_classes * n_classes).double()
+        conf += torch.bincount(g[keep] * n_classes + p[keep], minlength=n_classes * n_classes).cpu().double()
     conf = conf.reshape(n_classes, n_classes)
     tp, T, P = conf.diag(), conf.sum(1), conf.sum(0)
     iou = tp / (T + P - tp + 1e-10)
@@ -327,8 +327,8 @@ def crf_cams(img, # `(H, W, 3)` uint8 image
     u8 = _u8(img)
     keep = torch.nonzero(torch.as_tensor(labels)).flatten()
     if not len(keep): raise ValueError('crf_cams needs at least one present class')
-    v = torch.as_tensor(cams)[keep].double()
-    scores = torch.cat([(1 - v.max(0, keepdim=True)[0]) ** alpha, v]).numpy()            # Eq. (5)
+    v = torch.as_tensor(cams)[keep].cpu().numpy()                                      # in its own dtype, as upstream
+    scores = np.concatenate([np.power(1 - v.max(0, keepdims=True), alpha), v])           # Eq. (5)
     if backend == 'torch': q = _torch_crf(u8, scores, params, 'lattice')
     elif backend == 'pydensecrf': q = torch.from_numpy(densecrf_numpy(u8, scores, params))
     else: raise ValueError(f"backend must be 'pydensecrf' or 'torch', got {backend!r}")
