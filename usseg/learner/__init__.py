@@ -375,11 +375,14 @@ def evaluate(self:Learner) -> dict:
     "Run `eval_fn` and write the sample figure (rank 0; no gradients; generators isolated); logs an eval record."
     metrics = {}
     if self.is_main and (self.eval_fn is not None or self.cfg.n_samples):
+        modes = [(m, m.training) for m in self.task.modules()]  # restored exactly afterwards
         self.task.eval()
-        with torch.no_grad(), isolated_rng():
-            if self.eval_fn is not None: metrics = {k: float(v) for k, v in (self.eval_fn(self.task, self.step) or {}).items()}
-            fig = self.task.show_samples(self._sample_batch()) if self.cfg.n_samples else None
-        self.task.train()
+        try:
+            with torch.no_grad(), isolated_rng():
+                if self.eval_fn is not None: metrics = {k: float(v) for k, v in (self.eval_fn(self.task, self.step) or {}).items()}
+                fig = self.task.show_samples(self._sample_batch()) if self.cfg.n_samples else None
+        finally:
+            for m, was in modes: m.training = was
         if fig is not None: save_figure(fig, self.run_dir/'samples'/f'step_{self.step:07d}.png')
         if metrics: self.log({'step': self.step, 'split': 'eval', **metrics})
     self._last_eval = self.step
