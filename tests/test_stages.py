@@ -1,0 +1,109 @@
+"""A run in two stages, killed (SIGKILL) in its first stage and, separately, in its second, then resumed: the finished
+stage runs exactly once, the stopped one resumes at its checkpoint step, and the result is bitwise the uninterrupted
+run's (both stages' weights, optimiser states, the output file between them and the metric logs).
+
+`tests/stages_train.py` holds the two stages: `a` trains 6 steps and writes `a/out.pt`; `b` starts from it and trains
+6 steps. Each appends the step its run starts at to `<stage>/runs.txt`, the count of how often it ran.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from usseg.learner import TIMING_KEYS, load_checkpoint
+from usseg.learner.stages import read_stages
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT/'tests'/'stages_train.py'
+ENV = {**os.environ, 'PYTHONPATH': str(ROOT), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+
+
+def run(run_dir, *args):
+    r = subprocess.run([sys.executable, str(SCRIPT), str(run_dir), *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def kill_after(run_dir, line, timeout=120):
+    "Start a slowed-down run and SIGKILL it as soon as it prints `line`."
+    p = subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), '--delay', '0.3'], env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out, t0 = [], time.time()
+    try:
+        for got in p.stdout:
+            out.append(got)
+            if line in got: break
+            assert time.time() - t0 < timeout, ''.join(out)
+        else: raise AssertionError(f'the run ended before printing {line!r}:\n' + ''.join(out))
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+
+
+def runs(run_dir, stage): return [int(s) for s in (Path(run_dir)/stage/'runs.txt').read_text().split()]
+
+
+def records(run_dir):
+    return [{k: v for k, v in json.loads(l).items() if k not in TIMING_KEYS} for l in (Path(run_dir)/'metrics.jsonl').read_text().splitlines()]
+
+
+def assert_same_run(ref, d):
+    "Both stages' checkpoints, the file between them and the logs are bitwise the reference's."
+    for s in 'ab':
+        ca, cb = load_checkpoint(ref/s), load_checkpoint(d/s)
+        assert ca['step'] == cb['step'] == 6
+        assert ca['task'].keys() == cb['task'].keys()
+        for k in ca['task']: assert torch.equal(ca['task'][k], cb['task'][k]), (s, k)
+        for name, opt in ca['optimizers'].items():
+            for i, st in opt['state'].items():
+                for k, v in st.items(): assert torch.equal(v, cb['optimizers'][name]['state'][i][k]), (s, name, i, k)
+        assert records(ref/s) == records(d/s)
+    oa, ob = (torch.load(x/'a'/'out.pt', weights_only=True)['head'] for x in (ref, d))
+    for k in oa: assert torch.equal(oa[k], ob[k]), k
+    rec = read_stages(d)['stages']
+    assert [rec[s]['status'] for s in 'ab'] == ['done', 'done']
+    assert rec['a']['outputs'] == {'out': 'a/out.pt'} and rec['b']['outputs'] == {'checkpoint': 'b/checkpoints/last.pt'}
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp('ref')/'run'
+    run(d)
+    assert runs(d, 'a') == [0] and runs(d, 'b') == [0]
+    # the two stages learned something different: b started from a's head and moved it
+    ha = torch.load(d/'a'/'out.pt', weights_only=True)['head']
+    hb = load_checkpoint(d/'b')['task']
+    assert all((hb[f'head.{k}'] - v).abs().max() > 1e-5 for k, v in ha.items())
+    return d
+
+
+def test_killed_in_first_stage(reference, tmp_path):
+    d = tmp_path/'run'
+    kill_after(d, 'checkpoint a 4')
+    rec = read_stages(d)['stages']
+    assert (rec['a']['status'], rec['b']['status']) == ('running', 'pending') and not (d/'a'/'out.pt').exists()
+    assert load_checkpoint(d/'a')['step'] == 4
+    out = run(d, '--resume')
+    assert runs(d, 'a') == [0, 4] and runs(d, 'b') == [0]
+    assert 'stage a: resuming' in out and 'stage b: starting' in out
+    assert_same_run(reference, d)
+
+
+def test_killed_in_second_stage(reference, tmp_path):
+    d = tmp_path/'run'
+    kill_after(d, 'checkpoint b 4')
+    rec = read_stages(d)['stages']
+    assert (rec['a']['status'], rec['b']['status']) == ('done', 'running')
+    out = run(d, '--resume')
+    assert runs(d, 'a') == [0], 'the finished stage ran again'
+    assert runs(d, 'b') == [0, 4]
+    assert 'stage a: done, skipped' in out and 'stage b: resuming' in out
+    assert_same_run(reference, d)
+    assert read_stages(d)['stages']['a']['attempts'] == 1 and read_stages(d)['stages']['b']['attempts'] == 2
