@@ -4,7 +4,8 @@
 Each stage appends the step its Learner starts at to `<stage>/runs.txt` (the run counter), and prints
 `checkpoint <stage> <step>` after each checkpoint, so a test can kill the process between two of them.
 
-    python tests/stages_train.py RUN_DIR [--resume] [--delay SECONDS]
+    python tests/stages_train.py RUN_DIR [--resume] [--delay SECONDS] [--dropout P]
+    torchrun --standalone --nproc_per_node 2 tests/stages_train.py RUN_DIR ...
 """
 import argparse
 import time
@@ -24,6 +25,7 @@ class Report(Callback):
     "Record where the stage's run starts, print each checkpoint, and sleep after each step."
     def __init__(self, stage, delay): self.stage, self.delay = stage, delay
     def on_fit_start(self, learner):
+        if not learner.is_main: return
         with open(learner.run_dir/'runs.txt', 'a') as f: f.write(f'{learner.step}\n')
     def on_step_end(self, learner):
         if self.delay: time.sleep(self.delay)
@@ -35,6 +37,7 @@ def main(argv=None):
     p.add_argument('run_dir')
     p.add_argument('--resume', action='store_true')
     p.add_argument('--delay', type=float, default=0.0, help='seconds to sleep after each step')
+    p.add_argument('--dropout', type=float, default=0.1)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     data = SyntheticScenes('train', n_images=16, size=32, n_classes=5)
@@ -45,14 +48,14 @@ def main(argv=None):
 
     def stage_a(ctx):
         set_seed(0)  # a stage seeds what it builds: on resume, the stages before it did not run
-        task = ProbeTask(TinyFeatures(16), n_feats=16, n_classes=5, dim=8, lr_head=ctx.settings['lr'])
+        task = ProbeTask(TinyFeatures(16), n_feats=16, n_classes=5, dim=8, dropout=a.dropout, lr_head=ctx.settings['lr'])
         learner(ctx, task).fit(resume=ctx.resume)
-        atomic_save({'head': task.head.state_dict()}, ctx.dir/'out.pt')
+        if ctx.dist.is_main: atomic_save({'head': task.head.state_dict()}, ctx.dir/'out.pt')  # one process writes
         return {'out': ctx.output('out.pt')}
 
     def stage_b(ctx):
         set_seed(1)
-        task = ProbeTask(TinyFeatures(16), n_feats=16, n_classes=5, dim=8, lr_head=ctx.settings['lr'])
+        task = ProbeTask(TinyFeatures(16), n_feats=16, n_classes=5, dim=8, dropout=a.dropout, lr_head=ctx.settings['lr'])
         task.head.load_state_dict(torch.load(ctx.input('a', 'out'), weights_only=True)['head'])
         learner(ctx, task).fit(resume=ctx.resume)
         return {'checkpoint': ctx.output('checkpoints/last.pt')}

@@ -107,3 +107,17 @@ def test_killed_in_second_stage(reference, tmp_path):
     assert 'stage a: done, skipped' in out and 'stage b: resuming' in out
     assert_same_run(reference, d)
     assert read_stages(d)['stages']['a']['attempts'] == 1 and read_stages(d)['stages']['b']['attempts'] == 2
+
+
+def test_two_processes(tmp_path):
+    "Under torchrun (2 gloo processes) the stages run in step: each finishes before the next starts, rank 0 keeps the record."
+    one, two = tmp_path/'one', tmp_path/'two'
+    run(one, '--dropout', '0')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(SCRIPT), str(two),
+                        '--dropout', '0'], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert runs(two, 'a') == [0] and runs(two, 'b') == [0]
+    assert [s['status'] for s in read_stages(two)['stages'].values()] == ['done', 'done']
+    assert load_checkpoint(two/'b')['world_size'] == 2
+    a, b = load_checkpoint(one/'b')['task'], load_checkpoint(two/'b')['task']
+    for k in a: torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-6, msg=lambda m: f'{k}: {m}')  # as test_learner_ddp.py
