@@ -5,7 +5,9 @@ probe trained with cross-entropy on the labels, with STEGO's two learning rates.
 conv net that stands in for a frozen ViT on a CPU. None of this is part of the `usseg` package: the methods'
 real heads live in `usseg.models`, their tasks in `usseg.methods`.
 
-`nbs/40_learner.ipynb` writes the same three classes in the open, without exporting them (its `Learner` checks
+`BNConvBackbone` is a small BatchNorm backbone for the tests of a backbone that trains.
+
+`nbs/40_learner.ipynb` writes the first three classes in the open, without exporting them (its `Learner` checks
 `isinstance(task, Task)` against the `Task` that page defines, so it cannot import these);
 `tests/test_learner_parts.py::test_helpers_match_the_learner_page` checks that the two copies agree. Tests import this
 module directly (`tests/conftest.py` puts this folder on `sys.path`), `tests/learner_train.py` runs from this folder,
@@ -23,6 +25,8 @@ from usseg.core import make_palette, show_grid
 from usseg.learner import EMA, Task, isolated_rng, warmup_cosine
 
 __all__ = ['TinyFeatures', 'ProbeHead', 'ProbeTask', 'BNConvBackbone']
+#: The classes `nbs/40_learner.ipynb` writes in the open (checked against this module).
+LEARNER_PAGE = ['TinyFeatures', 'ProbeHead', 'ProbeTask']
 
 
 class TinyFeatures(nn.Module):
