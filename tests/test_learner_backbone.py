@@ -5,11 +5,6 @@ block did, and its BatchNorm followed the rule it was given: with `bn=False` its
 with `bn=True` they trained.
 """
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,33 +13,16 @@ import torch
 from usseg.learner import TIMING_KEYS, load_checkpoint
 
 from helpers import BNConvBackbone
+from procs import kill_after, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT/'tests'/'backbone_train.py'
-ENV = {**os.environ, 'PYTHONPATH': str(ROOT), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 
 
-def run(run_dir, *args):
-    r = subprocess.run([sys.executable, str(SCRIPT), str(run_dir), *args], env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
+def run(run_dir, *args): return run_script(SCRIPT, run_dir, *args)
 
 
-def kill_after(run_dir, line, *args, timeout=120):
-    "Start a slowed-down run and SIGKILL it as soon as it prints `line`."
-    p = subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), '--delay', '0.3', *args], env=ENV, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out, t0 = [], time.time()
-    try:
-        for got in p.stdout:
-            out.append(got)
-            if got.strip() == line: break
-            assert time.time() - t0 < timeout, ''.join(out)
-        else: raise AssertionError(f'the run ended before printing {line!r}:\n' + ''.join(out))
-    finally:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        p.stdout.close()
+def kill(run_dir, line, *args): kill_after(SCRIPT, run_dir, line, *args)
 
 
 def records(run_dir):
@@ -56,7 +34,7 @@ def test_trained_backbone_resumes_exactly(tmp_path, bn):
     flag = ['--bn'] if bn else []
     ref, d = tmp_path/'ref', tmp_path/'killed'
     run(ref, *flag)
-    kill_after(d, 'checkpoint 4', *flag)
+    kill(d, 'checkpoint 4', *flag)
     assert load_checkpoint(d)['step'] == 4
     run(d, '--resume', *flag)
 

@@ -6,11 +6,8 @@ run's (both stages' weights, optimiser states, the output file between them and 
 6 steps. Each appends the step its run starts at to `<stage>/runs.txt`, the count of how often it ran.
 """
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,32 +16,16 @@ import torch
 from usseg.learner import TIMING_KEYS, load_checkpoint
 from usseg.learner.stages import read_stages
 
+from procs import ENV, kill_after, run_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT/'tests'/'stages_train.py'
-ENV = {**os.environ, 'PYTHONPATH': str(ROOT), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 
 
-def run(run_dir, *args):
-    r = subprocess.run([sys.executable, str(SCRIPT), str(run_dir), *args], env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout + r.stderr
+def run(run_dir, *args): return run_script(SCRIPT, run_dir, *args)
 
 
-def kill_after(run_dir, line, timeout=120):
-    "Start a slowed-down run and SIGKILL it as soon as it prints `line`."
-    p = subprocess.Popen([sys.executable, str(SCRIPT), str(run_dir), '--delay', '0.3'], env=ENV, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out, t0 = [], time.time()
-    try:
-        for got in p.stdout:
-            out.append(got)
-            if line in got: break
-            assert time.time() - t0 < timeout, ''.join(out)
-        else: raise AssertionError(f'the run ended before printing {line!r}:\n' + ''.join(out))
-    finally:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        p.stdout.close()
+def kill(run_dir, line, *args): kill_after(SCRIPT, run_dir, line, *args)
 
 
 def runs(run_dir, stage): return [int(s) for s in (Path(run_dir)/stage/'runs.txt').read_text().split()]
@@ -86,7 +67,7 @@ def reference(tmp_path_factory):
 
 def test_killed_in_first_stage(reference, tmp_path):
     d = tmp_path/'run'
-    kill_after(d, 'checkpoint a 4')
+    kill(d, 'checkpoint a 4')
     rec = read_stages(d)['stages']
     assert (rec['a']['status'], rec['b']['status']) == ('running', 'pending') and not (d/'a'/'out.pt').exists()
     assert load_checkpoint(d/'a')['step'] == 4
@@ -98,7 +79,7 @@ def test_killed_in_first_stage(reference, tmp_path):
 
 def test_killed_in_second_stage(reference, tmp_path):
     d = tmp_path/'run'
-    kill_after(d, 'checkpoint b 4')
+    kill(d, 'checkpoint b 4')
     rec = read_stages(d)['stages']
     assert (rec['a']['status'], rec['b']['status']) == ('done', 'running')
     out = run(d, '--resume')
