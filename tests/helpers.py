@@ -5,21 +5,28 @@ probe trained with cross-entropy on the labels, with STEGO's two learning rates.
 conv net that stands in for a frozen ViT on a CPU. None of this is part of the `usseg` package: the methods'
 real heads live in `usseg.models`, their tasks in `usseg.methods`.
 
-`nbs/40_learner.ipynb` writes the same three classes in the open, without exporting them (its `Learner` checks
+`BNConvBackbone` is a small BatchNorm backbone for the tests of a backbone that trains.
+
+`nbs/40_learner.ipynb` writes the first three classes in the open, without exporting them (its `Learner` checks
 `isinstance(task, Task)` against the `Task` that page defines, so it cannot import these);
 `tests/test_learner_parts.py::test_helpers_match_the_learner_page` checks that the two copies agree. Tests import this
 module directly (`tests/conftest.py` puts this folder on `sys.path`), `tests/learner_train.py` runs from this folder,
 and the other learner pages add the folder to `sys.path` in a hidden `#| exec_doc` cell.
 """
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from usseg.backbones import Backbone
 from usseg.core import make_palette, show_grid
 from usseg.learner import EMA, Task, isolated_rng, warmup_cosine
 
-__all__ = ['TinyFeatures', 'ProbeHead', 'ProbeTask']
+__all__ = ['TinyFeatures', 'ProbeHead', 'ProbeTask', 'BNConvBackbone']
+#: The classes `nbs/40_learner.ipynb` writes in the open (checked against this module).
+LEARNER_PAGE = ['TinyFeatures', 'ProbeHead', 'ProbeTask']
 
 
 class TinyFeatures(nn.Module):
@@ -108,3 +115,19 @@ class ProbeTask(Task):
         pred = self.predict(batch['img']).cpu()
         return show_grid([list(batch['img'].cpu()), list(batch['label'].cpu()), list(pred)],
                          row_titles=['image', 'truth', 'probe'], palette=pal, size=1.1)
+
+
+class BNConvBackbone(Backbone):
+    "A small ResNet-like `Backbone` with BatchNorm, `(B, 3, H, W) -> (B, dim, H/4, W/4)`: stem, block1, block2 (fine-tuning tests)."
+    def __init__(self, dim:int=16, seed:int=0):
+        conv = lambda cin, stride: nn.Sequential(nn.Conv2d(cin, dim, 3, stride, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU())
+        with isolated_rng(seed):
+            model = nn.Sequential(OrderedDict(stem=conv(3, 2), block1=conv(dim, 1), block2=conv(dim, 2)))
+            for m in model.modules():  # BatchNorm with non-trivial scale, shift and statistics, as a pretrained net has
+                if isinstance(m, nn.BatchNorm2d):
+                    for t in (m.weight, m.bias, m.running_mean): t.data.uniform_(-0.5, 0.5)
+                    m.running_var.data.uniform_(0.5, 1.5)
+        super().__init__(model, 'bn_conv', patch_size=4, embed_dim=dim)
+    def forward(self, img):
+        self._check_image(img)
+        with self._grad(): return self.model(img)

@@ -172,11 +172,13 @@ class Backbone(nn.Module):
         return self.train(False)
 
     def unfreeze(self, prefixes:tuple=('',), # module-name prefixes to train, e.g. `('layer3', 'layer4')`; default all
-                 bn:bool=False, # also let BatchNorm layers train (update their statistics)
+                 bn:bool=False, # also train their BatchNorm layers (statistics, scale and shift); False: frozen
                 ):
         "Make the weights under `prefixes` trainable, for methods that fine-tune the backbone."
         prefixes = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
-        for n, p in self.model.named_parameters(): p.requires_grad_(n.startswith(prefixes))
+        bn_params = {f'{m}.{p}'.lstrip('.') for m, mod in self.model.named_modules() if isinstance(mod, _BN)
+                     for p, _ in mod.named_parameters(recurse=False)}
+        for n, p in self.model.named_parameters(): p.requires_grad_(n.startswith(prefixes) and (bn or n not in bn_params))
         self._trainable = (prefixes, bn)
         return self.train(self.training)
 

@@ -183,6 +183,9 @@ def extract_features(backbone, # a `usseg.backbones.Backbone`
     run = lambda start: _feature_batches(backbone, dataset, start, batch_size, device, autocast, kind, n, pool, num_workers, progress)
     if cache is False or cache is None:
         return torch.cat([f for _, f in run(0)]).to(dtype)
+    if not getattr(backbone, 'frozen', True):
+        raise ValueError(f'{backbone.name} is being trained (unfreeze): its features change with every step, so they are '
+                         'never cached; pass cache=False, or freeze() the backbone first')
     key = {'version': 1, 'backbone': backbone.name, 'weights_sha256': backbone.fingerprint(),
            'pos_interp': getattr(backbone, 'pos_interp', None), **dataset_identity(dataset, name, split),
            'kind': kind, 'n': n, 'pool': pool, 'dtype': str(dtype).replace('torch.', ''), 'autocast': bool(autocast)}

@@ -7,8 +7,8 @@ __all__ = ['PRECISIONS', 'PROGRESS', 'RESUME_FIXED', 'TIMING_KEYS', 'TrainConfig
            'ProgressBar', 'TensorBoardLogger', 'default_callbacks', 'NonFiniteLossError', 'TrainingInterrupted',
            'Learner', 'get_rng_state', 'set_rng_state', 'isolated_rng', 'ResumableBatchSampler', 'SeededItems',
            'CHECKPOINT_FORMAT', 'task_state', 'frozen_fingerprint', 'checkpoint_path', 'load_checkpoint',
-           'load_task_state', 'DistInfo', 'init_distributed', 'check_precision', 'autocast_for', 'oom_advice', 'EMA',
-           'ema_update_', 'ramp', 'piecewise', 'WarmupCosine', 'warmup_cosine']
+           'load_task_state', 'DistInfo', 'init_distributed', 'check_precision', 'autocast_for', 'oom_advice',
+           'sync_batchnorm', 'EMA', 'ema_update_', 'ramp', 'piecewise', 'WarmupCosine', 'warmup_cosine']
 
 # %% ../../nbs/40_learner.ipynb #fc740c45
 import contextlib
@@ -37,13 +37,14 @@ from ..core import atomic_save, atomic_write_text, default_device, save_figure, 
 from .checkpoints import (CHECKPOINT_FORMAT, ResumableBatchSampler, SeededItems, _mix, checkpoint_path,
                                        frozen_fingerprint, get_rng_state, isolated_rng, load_checkpoint, load_task_state,
                                        set_rng_state, task_state)
-from .distributed import DistInfo, autocast_for, check_precision, init_distributed, oom_advice
+from .distributed import (DistInfo, autocast_for, check_precision, init_distributed, oom_advice,
+                                       sync_batchnorm)
 from .schedules import EMA, WarmupCosine, ema_update_, piecewise, ramp, warmup_cosine
 
 #: The other pages' names, re-exported: `from usseg.learner import load_checkpoint, EMA` works.
 _all_ = ['get_rng_state', 'set_rng_state', 'isolated_rng', 'ResumableBatchSampler', 'SeededItems', 'CHECKPOINT_FORMAT',
          'task_state', 'frozen_fingerprint', 'checkpoint_path', 'load_checkpoint', 'load_task_state',
-         'DistInfo', 'init_distributed', 'check_precision', 'autocast_for', 'oom_advice',
+         'DistInfo', 'init_distributed', 'check_precision', 'autocast_for', 'oom_advice', 'sync_batchnorm',
          'EMA', 'ema_update_', 'ramp', 'piecewise', 'WarmupCosine', 'warmup_cosine']
 
 # %% ../../nbs/40_learner.ipynb #ca4480f4
@@ -78,6 +79,7 @@ class TrainConfig:
     compile: bool = False        # torch.compile the training step (steps 0 and 1 compile: the int `step` becomes dynamic)
     deterministic: bool = False  # ask PyTorch for deterministic kernels (slower on a GPU)
     find_unused_parameters: bool = False  # DDP: some trainable parameters get no gradient in a step
+    sync_bn: bool = False        # DDP on GPUs: BatchNorm layers that train use the statistics of the global batch
 
     def __post_init__(self):
         for name, lo in [('max_steps', 1), ('batch_size', 1), ('log_every', 1), ('growth_interval', 1), ('seed', 0), ('num_workers', 0),
@@ -279,10 +281,12 @@ def setup(self:Learner, resume:bool=False):
         ck = load_checkpoint(self.run_dir)
     set_seed(cfg.seed + self.dist.rank, cfg.deterministic)
     self.task.to(self.device).train()
+    if cfg.sync_bn and self.dist.world_size > 1: sync_batchnorm(self.task, self.device)
     self.optimizers, self.schedulers = _split_optimizers(self.task)
     self.scaler = torch.amp.GradScaler(self.device.type, init_scale=cfg.init_scale, growth_interval=cfg.growth_interval,
                                        enabled=cfg.precision == 'fp16')
     self._acc, self._last_eval, self._last_save, self._stop, self._stop_all = {}, -1, -1, None, False
+    self._grads_checked = False
     if ck is not None: self._restore(ck)
     self._loader = DataLoader(SeededItems(self.train_data), batch_sampler=self.sampler, num_workers=cfg.num_workers,
                               collate_fn=self.collate_fn, pin_memory=self.device.type == 'cuda', worker_init_fn=_worker_init,
@@ -308,6 +312,7 @@ def train_step(self:Learner, batch:dict) -> dict:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TypeError(f'{type(task).__name__}.training_step must return a dict with a scalar tensor "loss" (got {type(out).__name__})')
     self.scaler.scale(loss).backward()
+    if not self._grads_checked: self._check_grads()
     logs = self._reduce(out)
     if not math.isfinite(logs['loss']):
         raise NonFiniteLossError(self._nan_message('loss', logs['loss'], logs))
@@ -323,6 +328,17 @@ def train_step(self:Learner, batch:dict) -> dict:
     task.after_step(step)
     self.step += 1
     return logs
+
+@patch
+def _check_grads(self:Learner):
+    "After the first backward under DDP: every trainable parameter must have a gradient (or find_unused_parameters)."
+    self._grads_checked = True
+    if self.dist.world_size == 1 or self.cfg.find_unused_parameters: return
+    missing = [n for n, p in self.task.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise ValueError(f'{len(missing)} trainable parameters got no gradient in the first step ({", ".join(missing[:4])}'
+                         f'{", ..." if len(missing) > 4 else ""}): DDP needs find_unused_parameters=True for them, '
+                         'or freeze them (requires_grad=False)')
 
 @patch
 def _reduce(self:Learner, out:dict) -> dict:
@@ -375,11 +391,14 @@ def evaluate(self:Learner) -> dict:
     "Run `eval_fn` and write the sample figure (rank 0; no gradients; generators isolated); logs an eval record."
     metrics = {}
     if self.is_main and (self.eval_fn is not None or self.cfg.n_samples):
+        modes = [(m, m.training) for m in self.task.modules()]  # restored exactly afterwards
         self.task.eval()
-        with torch.no_grad(), isolated_rng():
-            if self.eval_fn is not None: metrics = {k: float(v) for k, v in (self.eval_fn(self.task, self.step) or {}).items()}
-            fig = self.task.show_samples(self._sample_batch()) if self.cfg.n_samples else None
-        self.task.train()
+        try:
+            with torch.no_grad(), isolated_rng():
+                if self.eval_fn is not None: metrics = {k: float(v) for k, v in (self.eval_fn(self.task, self.step) or {}).items()}
+                fig = self.task.show_samples(self._sample_batch()) if self.cfg.n_samples else None
+        finally:
+            for m, was in modes: m.training = was
         if fig is not None: save_figure(fig, self.run_dir/'samples'/f'step_{self.step:07d}.png')
         if metrics: self.log({'step': self.step, 'split': 'eval', **metrics})
     self._last_eval = self.step
