@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -19,7 +20,7 @@ from ..core import make_palette, show_grid
 from ..data.transforms import eagle_blur
 from ..losses.eagle import (EagleConfig, eagle_correspondence_loss, eagle_total_loss, eicue, key_similarity,
                                 nce_schedule, object_contrastive_loss)
-from . import SegTask
+from .base import SegTask
 from ..models.heads import ProjectionHead, StegoHead, flatten_pixels
 
 # %% ../../nbs/41d_methods.eagle.ipynb #1bb70ec4
@@ -67,18 +68,18 @@ class EagleMethod(SegTask):
         return self.head(self.keys(img))
 
 # %% ../../nbs/41d_methods.eagle.ipynb #f6c73d26
-def _eicue_labels(self:EagleMethod, code:torch.Tensor, # `(B, D, h, w)`
-                  img:torch.Tensor, # `(B, 3, H, W)` the images whose colours enter the graph
-                  probe:ClusterLookup) -> tuple:
+@patch
+def eicue_labels(self:EagleMethod, code:torch.Tensor, # `(B, D, h, w)`
+                 img:torch.Tensor, # `(B, 3, H, W)` the images whose colours enter the graph
+                 probe:ClusterLookup) -> tuple:
     "`(L_eig, labels (B, h, w), eigenvectors (B, k-1, h, w))` of one view."
     vec = eicue(code, img, **self.cfg.eicue_kwargs()).vectors
     loss, logp = probe(vec, 1.0, log_probs=True)               # alpha = 1 (upstream)
     return loss, logp.argmax(1), vec
 
-EagleMethod.eicue_labels = _eicue_labels
-
 # %% ../../nbs/41d_methods.eagle.ipynb #d687d5a7
-def _training_step(self:EagleMethod, batch:dict, step:int) -> dict:
+@patch
+def training_step(self:EagleMethod, batch:dict, step:int) -> dict:
     "EAGLE's loss on a batch of images and their blurred views, plus the two probes on the detached code."
     c, img = self.cfg, batch['img']
     kk, kk_aug = self.keys(img), self.keys(batch['img_aug'])                 # (B, 3C, h, w), frozen
@@ -98,7 +99,8 @@ def _training_step(self:EagleMethod, batch:dict, step:int) -> dict:
             'corr_pos': corr_pos, 'corr_neg': corr_neg, 'nce': nce, 'nce_aug': nce_aug,
             'u': nce_schedule(step, c.step_schedulers, c.momentum_limit), **probes}
 
-def _configure_optimizers(self:EagleMethod) -> dict:
+@patch
+def configure_optimizers(self:EagleMethod) -> dict:
     "Adam for each part, with EAGLE's learning rates (`configure_optimizers` upstream)."
     c, adam = self.cfg, torch.optim.Adam
     return {'head': adam(self.head.parameters(), lr=c.lr), 'projection': adam(self.projection.parameters(), lr=c.lr),
@@ -106,19 +108,16 @@ def _configure_optimizers(self:EagleMethod) -> dict:
             'eigen_probe_aug': adam(self.eigen_probe_aug.parameters(), lr=c.lr_eigen_cluster),
             **self.probe_optimizers(c.lr_cluster, c.lr_linear)}
 
-EagleMethod.training_step, EagleMethod.configure_optimizers = _training_step, _configure_optimizers
-
 # %% ../../nbs/41d_methods.eagle.ipynb #4c590f21
-@classmethod
-def _build(cls, backbone:nn.Module, n_classes:int, cfg:EagleConfig) -> EagleMethod:
+@patch(cls_method=True)
+def build(cls:EagleMethod, backbone:nn.Module, n_classes:int, cfg:EagleConfig) -> EagleMethod:
     "The task for `backbone` and `n_classes` classes with `cfg`."
     cfg = replace(cfg, n_classes=n_classes, n_feats=cfg.n_blocks*backbone.embed_dim, backbone=getattr(backbone, 'name', cfg.backbone),
                   weights=str(getattr(backbone, 'weights', cfg.weights)))
     return cls(backbone, n_classes, cfg.dim, cfg.extra_clusters, cfg)
 
-def _training_data(self:EagleMethod, dataset, spec:dict): return BlurredViews(dataset)
-
-EagleMethod.build, EagleMethod.training_data = _build, _training_data
+@patch
+def training_data(self:EagleMethod, dataset, spec:dict): return BlurredViews(dataset)
 
 # %% ../../nbs/41d_methods.eagle.ipynb #716270b7
 def eigen_rgb(vectors:torch.Tensor, # `(B, 3, h, w)` EiCue eigenvectors
@@ -128,8 +127,9 @@ def eigen_rgb(vectors:torch.Tensor, # `(B, 3, h, w)` EiCue eigenvectors
     lo, hi = v.amin((2, 3), keepdim=True), v.amax((2, 3), keepdim=True)
     return list(((v - lo) / (hi - lo).clamp_min(1e-8)).permute(0, 2, 3, 1).numpy())
 
+@patch
 @torch.no_grad()
-def _show_samples(self:EagleMethod, batch:dict):
+def show_samples(self:EagleMethod, batch:dict):
     "Image, truth, EiCue (eigenvectors as RGB, eigen-lookup labels), cluster probe and linear probe."
     was = self.training; self.eval()
     try:
@@ -145,5 +145,3 @@ def _show_samples(self:EagleMethod, batch:dict):
             list(lab.cpu()), list(clusters), list(linear)]
     return show_grid(rows, row_titles=['image', 'truth', 'EiCue vectors', 'EiCue labels', 'clusters', 'linear'],
                      palette=make_palette(K), size=1.1)
-
-EagleMethod.show_samples = _show_samples

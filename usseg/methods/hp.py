@@ -12,12 +12,13 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn
 
 from ..data.transforms import MultiView, hp_photometric
 from ..losses.hp import (HpConfig, build_reference_pool, consistency_loss, hp_loss, lambda_schedule, lhp_attention,
                              pool_entries, propagate_code, renew_due)
-from . import SegTask
+from .base import SegTask
 from ..models.heads import ProjectionHead, StegoHead, ema_copy, ema_update, flatten_pixels
 
 # %% ../../nbs/41b_methods.hp.ipynb #939543b2
@@ -49,9 +50,10 @@ class HpMethod(SegTask):
         return self.head(self.features(img))
 
 # %% ../../nbs/41b_methods.hp.ipynb #95bd247b
-def _training_data(self:HpMethod, dataset, # the training split, resized as training reads it
-                   spec:dict, # the run spec as a dict (`spec['train']` holds the learner's batch_size and max_steps)
-                  ):
+@patch
+def training_data(self:HpMethod, dataset, # the training split, resized as training reads it
+                  spec:dict, # the run spec as a dict (`spec['train']` holds the learner's batch_size and max_steps)
+                 ):
     "The split with an augmented view `img_aug`; remembers the split for the pools."
     train = spec.get('train', {})
     self.pool_data = dataset
@@ -66,9 +68,8 @@ def _training_data(self:HpMethod, dataset, # the training split, resized as trai
     views.transform = MultiView(dataset.transform, aug=hp_photometric())
     return views
 
-HpMethod.training_data = _training_data
-
 # %% ../../nbs/41b_methods.hp.ipynb #69f215c6
+@patch
 @torch.no_grad()
 def _pool_maps(self:HpMethod, which:str, # 'ag' (backbone features) or 'sp' (EMA-head codes)
                batch_size:int=64):
@@ -84,17 +85,17 @@ def _pool_maps(self:HpMethod, which:str, # 'ag' (backbone features) or 'sp' (EMA
         feats = self.features(img)
         yield self.dropout(feats) if which == 'ag' else self.dropout(self.ema_head(feats))
 
-def _fill_pools(self:HpMethod, step:int, which:tuple=('ag', 'sp')):
+@patch
+def fill_pools(self:HpMethod, step:int, which:tuple=('ag', 'sp')):
     "(Re)fill the reference pools `which` from the training split; records `step` in `pool_step`."
     bs = self.cfg.batch_size
     if 'ag' in which: self.pool_ag.copy_(build_reference_pool(self._pool_maps('ag', bs), self.cfg.pool_size))
     if 'sp' in which: self.pool_sp.copy_(build_reference_pool(self._pool_maps('sp', bs), self.cfg.pool_size))
     self.pool_step.fill_(step)
 
-HpMethod._pool_maps, HpMethod.fill_pools = _pool_maps, _fill_pools
-
 # %% ../../nbs/41b_methods.hp.ipynb #c3203df5
-def _training_step(self:HpMethod, batch:dict, step:int) -> dict:
+@patch
+def training_step(self:HpMethod, batch:dict, step:int) -> dict:
     "HP's loss (global + local hidden positives), the consistency term and the probe losses."
     cfg = self.cfg
     if int(self.pool_step) < 0: self.fill_pools(step)                               # both pools, once
@@ -120,37 +121,34 @@ def _training_step(self:HpMethod, batch:dict, step:int) -> dict:
     return {'loss': loss, 'hp_loss': loss_hp.detach(), 'gpc': parts['gpc'], 'lhp': parts['lhp'], 'consistency': cons.detach(),
             'lambda': torch.tensor(float(lmbd)), **{k: v.detach() for k, v in probes.items()}}
 
-HpMethod.training_step = _training_step
-
 # %% ../../nbs/41b_methods.hp.ipynb #2c0482ee
-def _configure_optimizers(self:HpMethod) -> dict:
+@patch
+def configure_optimizers(self:HpMethod) -> dict:
     "AdamW for the head (5e-4, weight decay 0.1); Adam for the linear probe (1e-3), cluster probe (5e-3), projection (5e-4)."
     c = self.cfg
     return {'head': torch.optim.AdamW(self.head.parameters(), lr=c.lr, weight_decay=c.weight_decay),
             'projection': torch.optim.Adam(self.projection.parameters(), lr=c.proj_lr),
             **self.probe_optimizers(c.cluster_lr, c.linear_lr)}
 
-def _clip_parameters(self:HpMethod) -> list:
+@patch
+def clip_parameters(self:HpMethod) -> list:
     "The head's parameters: the only ones whose gradient norm HP clips."
     return list(self.head.parameters())
 
-def _after_step(self:HpMethod, step:int):
+@patch
+def after_step(self:HpMethod, step:int):
     "Move the EMA head towards the head: $\\bar\\theta \\leftarrow m\\bar\\theta + (1-m)\\theta$."
     ema_update(self.ema_head, self.head, self.cfg.ema_m)
 
-HpMethod.configure_optimizers, HpMethod.clip_parameters, HpMethod.after_step = _configure_optimizers, _clip_parameters, _after_step
-
 # %% ../../nbs/41b_methods.hp.ipynb #a307c96d
-@classmethod
-def _default_config(cls, dataset:str, # dataset name
-                    backbone:str='dino_vits8', # backbone name (HP's settings do not depend on it)
-                    smoke:bool=False, # the tiny CPU setting
-                   ) -> HpConfig:
+@patch(cls_method=True)
+def default_config(cls:HpMethod, dataset:str, # dataset name
+                   backbone:str='dino_vits8', # backbone name (HP's settings do not depend on it)
+                   smoke:bool=False, # the tiny CPU setting
+                  ) -> HpConfig:
     "The HP settings for `dataset` (the paper's where they exist)."
     if smoke: return HpConfig.smoke()
     try: return HpConfig.for_dataset(dataset)
     except ValueError:
         return replace(HpConfig.cocostuff27(), dataset=dataset, five_crop=False,
                        source=f'no HP setting for {dataset}: HP:json/server/cocostuff.json without five-crops')
-
-HpMethod.default_config = _default_config

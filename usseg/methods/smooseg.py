@@ -9,11 +9,12 @@ __all__ = ['TeacherLookup', 'SmooSegMethod']
 from dataclasses import replace
 
 import torch
+from fastcore.basics import patch
 from torch import nn
 
 from ..cluster import ClusterLookup
 from ..losses.smooseg import SmooSegConfig, SmooSegLoss, SmooSegPredictor, SmooSegProjection
-from . import SegTask
+from .base import SegTask
 from ..models.heads import linear_probe_loss
 
 # %% ../../nbs/41c_methods.smooseg.ipynb #db720e78
@@ -56,7 +57,8 @@ class SmooSegMethod(SegTask):
         return self.projection(self.features(img))[1]
 
 # %% ../../nbs/41c_methods.smooseg.ipynb #2abe2853
-def _training_step(self:SmooSegMethod, batch:dict, step:int) -> dict:
+@patch
+def training_step(self:SmooSegMethod, batch:dict, step:int) -> dict:
     "SmooSeg's energy on one batch of images, plus the linear probe (ours) on the detached code."
     feats, code = self.projection(self.features(batch['img']))       # (B, C, h, w) dropped out, (B, D, h, w)
     p_s, p_t = self.predictor(code)                                    # (B, K, h, w) each
@@ -66,25 +68,23 @@ def _training_step(self:SmooSegMethod, batch:dict, step:int) -> dict:
     return {'loss': out.loss + lin, 'energy': out.loss, 'smooth': out.smooth, 'data': out.data,
             'intra_cd': out.intra_cd, 'inter_cd': out.inter_cd, 'linear_loss': lin}
 
-def _after_step(self:SmooSegMethod, step:int):
+@patch
+def after_step(self:SmooSegMethod, step:int):
     "The teacher's EMA step towards the student of the step's start."
     self.predictor.update_teacher(self._phi_s_start)
 
-def _configure_optimizers(self:SmooSegMethod) -> dict:
+@patch
+def configure_optimizers(self:SmooSegMethod) -> dict:
     "Upstream's Adam with two groups (projection lr1, prototypes lr2), and an Adam for our linear probe."
     c = self.cfg
     return {'smooseg': torch.optim.Adam([{'params': self.projection.parameters(), 'lr': c.lr_projection},
                                          {'params': self.predictor.parameters(), 'lr': c.lr_prototypes}]),
             'linear_probe': torch.optim.Adam(self.linear_probe.parameters(), lr=c.lr_linear)}
 
-SmooSegMethod.training_step, SmooSegMethod.after_step, SmooSegMethod.configure_optimizers = _training_step, _after_step, _configure_optimizers
-
 # %% ../../nbs/41c_methods.smooseg.ipynb #413b3d4f
-@classmethod
-def _build(cls, backbone:nn.Module, n_classes:int, cfg:SmooSegConfig) -> SmooSegMethod:
+@patch(cls_method=True)
+def build(cls:SmooSegMethod, backbone:nn.Module, n_classes:int, cfg:SmooSegConfig) -> SmooSegMethod:
     "The task for `backbone` and `n_classes` classes with `cfg`."
     cfg = replace(cfg, n_classes=n_classes, n_feats=backbone.embed_dim, backbone=getattr(backbone, 'name', cfg.backbone),
                   weights=str(getattr(backbone, 'weights', cfg.weights)))
     return cls(backbone, n_classes, cfg.dim, cfg.extra_clusters, cfg)
-
-SmooSegMethod.build = _build

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import nn
 
 from ..backbones import backbone_spec
 from ..data.prepare import NeighbourPairs, compute_neighbours, load_neighbours
 from ..losses.stego import StegoConfig, stego_loss
-from . import SegTask
+from .base import SegTask
 from ..models.heads import StegoHead
 
 # %% ../../nbs/41a_methods.stego.ipynb #ebb65d78
@@ -40,7 +41,8 @@ class StegoMethod(SegTask):
         return self.head(self.features(img))
 
 # %% ../../nbs/41a_methods.stego.ipynb #331c0e85
-def _training_step(self:StegoMethod, batch:dict, step:int) -> dict:
+@patch
+def training_step(self:StegoMethod, batch:dict, step:int) -> dict:
     "Correspondence loss on `(img, img_pos)` plus the two probe losses on the detached code."
     cfg, B = self.cfg, len(batch['img'])
     feats, code = self.head(self.features(torch.cat([batch['img'], batch['img_pos']])), return_feats=True)  # (2B, C|D, h, w)
@@ -50,12 +52,11 @@ def _training_step(self:StegoMethod, batch:dict, step:int) -> dict:
     return {'loss': loss, 'corr_loss': corr.detach(), **{k: v.detach() for k, v in probes.items()},
             **{f'corr_{k}': v for k, v in parts.items()}}
 
-def _configure_optimizers(self:StegoMethod) -> dict:
+@patch
+def configure_optimizers(self:StegoMethod) -> dict:
     "Adam for the head (5e-4), the cluster probe (5e-3) and the linear probe (5e-3), as upstream."
     return {'head': torch.optim.Adam(self.head.parameters(), lr=self.cfg.lr),
             **self.probe_optimizers(self.cfg.cluster_lr, self.cfg.linear_lr)}
-
-StegoMethod.training_step, StegoMethod.configure_optimizers = _training_step, _configure_optimizers
 
 # %% ../../nbs/41a_methods.stego.ipynb #0d0da816
 def knn_backbone_name(backbone:str, # a `load_backbone` name
@@ -68,9 +69,10 @@ def knn_backbone_name(backbone:str, # a `load_backbone` name
     return f'{backbone}-{tag}' + (f'-s{seed}' if weights == 'random' and seed else '')
 
 # %% ../../nbs/41a_methods.stego.ipynb #62e02cd9
-def _training_data(self:StegoMethod, dataset, # the training split, resized as training reads it
-                   spec:dict, # the run spec (`RunSpec` as a dict): backbone, weights, seed, image_size, ...
-                  ) -> NeighbourPairs:
+@patch
+def training_data(self:StegoMethod, dataset, # the training split, resized as training reads it
+                  spec:dict, # the run spec (`RunSpec` as a dict): backbone, weights, seed, image_size, ...
+                 ) -> NeighbourPairs:
     "Items with a nearest-neighbour partner `img_pos`, from the run's neighbour file (computed on first use)."
     train = spec.get('train', {})
     name = knn_backbone_name(spec['backbone'], spec['weights'], spec.get('seed', 0))
@@ -80,14 +82,12 @@ def _training_data(self:StegoMethod, dataset, # the training split, resized as t
     nns = load_neighbours(path, dataset)
     return NeighbourPairs(dataset, nns, min(self.cfg.num_neighbors, nns.shape[1] - 1))
 
-StegoMethod.training_data = _training_data
-
 # %% ../../nbs/41a_methods.stego.ipynb #92ef824d
-@classmethod
-def _default_config(cls, dataset:str, # dataset name
-                    backbone:str='dino_vits8', # backbone name
-                    smoke:bool=False, # the tiny CPU setting
-                   ) -> StegoConfig:
+@patch(cls_method=True)
+def default_config(cls:StegoMethod, dataset:str, # dataset name
+                   backbone:str='dino_vits8', # backbone name
+                   smoke:bool=False, # the tiny CPU setting
+                  ) -> StegoConfig:
     "The STEGO settings for `dataset` with `backbone` (the paper's where they exist)."
     if smoke: return StegoConfig.smoke()
     vit_base = backbone_spec(backbone).arch.startswith('vit_base')
@@ -96,5 +96,3 @@ def _default_config(cls, dataset:str, # dataset name
     except ValueError:
         return replace(StegoConfig.cocostuff27(), dataset=dataset, five_crop=False,
                        source=f"no STEGO setting for {dataset}: the 'Cocostuff27 vit small 1/31/22' block, without five-crops")
-
-StegoMethod.default_config = _default_config
