@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 import usseg  # noqa: F401
 from usseg.core import atomic_write_text
-from usseg.losses.hp import HpConfig, consistency_loss, hp_loss, lhp_attention, propagate_code
-from usseg.losses.stego import StegoConfig, stego_loss
+from usseg.losses.hp import consistency_loss, hp_loss, lhp_attention, propagate_code
+from usseg.losses.stego import stego_loss
 from usseg.models.heads import ProjectionHead, StegoHead, ema_copy, ema_update, flatten_pixels
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -85,7 +85,7 @@ def hp_step(batch, grid, repeats):
         z_aug = proj(flatten_pixels(head(feats_aug)))
         loss, _ = hp_loss(z, F.normalize(flatten_pixels(f), dim=1).detach(), F.normalize(flatten_pixels(code_ema), dim=1),
                           pool_ag, pool_sp, z_lhp=z_lhp, patches_per_image=N, lmbd=0.5, **cfg.loss_kwargs())
-        loss = loss + cfg.alpha * consistency_loss(z, z_aug)
+        loss = loss + cfg.consistency_weight * consistency_loss(z, z_aug)
         head.zero_grad(); proj.zero_grad(); loss.backward()
         ema_update(ema, head, cfg.ema_m)
     ts, cs = timed(step, repeats)

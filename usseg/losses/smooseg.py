@@ -4,10 +4,9 @@
 
 # %% auto #0
 __all__ = ['SmooSegProjection', 'SmooSegPredictor', 'closeness', 'pair_energy', 'super_perm', 'SmoothnessTerms',
-           'smoothness_loss', 'data_loss', 'SmooSegLosses', 'smooseg_loss', 'SmooSegLoss', 'SmooSegConfig']
+           'smoothness_loss', 'data_loss', 'SmooSegLosses', 'smooseg_loss', 'SmooSegLoss']
 
 # %% ../../nbs/22_losses.smooseg.ipynb #19edfe5e
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -175,73 +174,3 @@ class SmooSegLoss(nn.Module):
         "`smooseg_loss(feats, p_s, p_t, ...)` with the stored hyperparameters."
         return smooseg_loss(feats, p_s, p_t, self.b_intra, self.b_inter, self.temperature, perm, self.pointwise)
     def extra_repr(self): return f'b_intra={self.b_intra}, b_inter={self.b_inter}, temperature={self.temperature}'
-
-# %% ../../nbs/22_losses.smooseg.ipynb #66044332
-@dataclass
-class SmooSegConfig:
-    "Hyperparameters of a SmooSeg run (defaults: Cityscapes, `SmooSeg:configs/train_config.yaml`)."
-    dataset: str = 'cityscapes27'
-    n_classes: int = 27
-    extra_clusters: int = 0
-    backbone: str = 'vit_small_patch8_224.dino'   # timm name of the frozen backbone
-    weights: str = 'dino'                         # 'dino' (pretrained) or 'random'
-    n_feats: int = 384                            # backbone channels C
-    dim: int = 64                                 # code channels D
-    dropout: float = 0.2
-    alpha: float = 0.998                          # teacher EMA momentum
-    temperature: float = 0.1                      # T in softmax(P_t / T)
-    b_intra: float = -0.02                        # pos_intra_shift
-    b_inter: float = 0.5                          # neg_inter_shift
-    pointwise: bool = True
-    lr_projection: float = 1e-4                   # lr1
-    lr_prototypes: float = 5e-4                   # lr2
-    lr_linear: float = 5e-3                       # usseg's linear probe (not upstream: SmooSeg has none); STEGO's lr
-    batch_size: int = 32
-    max_steps: int = 3000
-    image_size: int = 224                         # training crops
-    eval_size: int = 320                          # validation / test centre crop
-    val_every: int = 400
-    eval_alpha: float = 2.0                       # teacher logits are scaled by 2 before the CRF
-    seed: int = 0
-
-    @property
-    def n_clusters(self) -> int: return self.n_classes + self.extra_clusters
-
-    @classmethod
-    def cityscapes27(cls): return cls()
-
-    @classmethod
-    def cocostuff27(cls):
-        "COCO-Stuff-27 block; max_steps 8000 is our reading of the ambiguous `3000 8000` comment."
-        return cls(dataset='cocostuff27', b_inter=0.48, b_intra=-0.02, seed=123456, max_steps=8000)
-
-    @classmethod
-    def potsdam3(cls, dinov2:bool=False):
-        "Potsdam-3 with DINO ViT-B/8 (or DINOv2 ViT-B/14); max_steps is the file's value, not a Potsdam-specific one."
-        if dinov2: return cls(dataset='potsdam3', n_classes=3, backbone='vit_base_patch14_dinov2.lvd142m', n_feats=768,
-                              b_inter=0.5, b_intra=0.32, eval_size=224)
-        return cls(dataset='potsdam3', n_classes=3, backbone='vit_base_patch8_224.dino', n_feats=768,
-                   b_inter=0.5, b_intra=0.1, eval_size=224)
-
-    @classmethod
-    def smoke(cls):
-        "A tiny CPU run of the same code: synthetic scenes, random weights, a few steps."
-        return cls(dataset='synthetic', n_classes=8, weights='random', dim=16, batch_size=4, max_steps=3,
-                   image_size=64, eval_size=64, val_every=2)
-
-    @classmethod
-    def synthetic(cls):
-        "usseg's setting for the synthetic scenes with a random tiny ViT (see the SmooSeg training page for each deviation)."
-        return cls(dataset='synthetic', n_classes=8, backbone='vit_tiny8', weights='random', n_feats=48, dim=64,
-                   b_intra=0.3, b_inter=0.3, batch_size=16, max_steps=300, image_size=96, eval_size=96, val_every=75)
-
-    @classmethod
-    def for_dataset(cls, name:str):
-        "The factory for a dataset name, e.g. `'cocostuff27'`."
-        f = {'cityscapes27': cls.cityscapes27, 'cocostuff27': cls.cocostuff27, 'potsdam3': cls.potsdam3, 'synthetic': cls.synthetic}
-        if name not in f: raise ValueError(f"no SmooSeg configuration for '{name}'; choose one of {', '.join(f)}")
-        return f[name]()
-
-    def loss_kwargs(self) -> dict:
-        "The keyword arguments of `smooseg_loss`."
-        return dict(b_intra=self.b_intra, b_inter=self.b_inter, temperature=self.temperature, pointwise=self.pointwise)

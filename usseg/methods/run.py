@@ -7,7 +7,7 @@ __all__ = ['EVAL_SIZE', 'RunSpec', 'train', 'Run', 'load_run']
 
 # %% ../../nbs/41_methods.run.ipynb #9680d34c
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +91,12 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
     M = get_method(method)
     smoke = smoke_mode() if smoke is None else smoke
     cfg = M.default_config(dataset, backbone, smoke)
-    if config:
-        bad = sorted(set(config) - {f.name for f in fields(cfg)})
-        if bad: raise ValueError(f"unknown {method} setting(s) {', '.join(bad)}; known: {', '.join(f.name for f in fields(cfg))}")
-        cfg = replace(cfg, **config)
+    if config: cfg = cfg.override(config)                                # unknown keys are refused, with the list
     steps, batch_size = steps or cfg.max_steps, batch_size or cfg.batch_size
     image_size = image_size or cfg.image_size
     spec = RunSpec(method, dataset, str(data_root) if data_root is not None else None, backbone, str(weights), image_size,
                    eval_size or EVAL_SIZE.get(dataset, image_size), train_split, eval_split, image_interp,
-                   bool(getattr(cfg, 'five_crop', False)) if five_crop is None else five_crop, seed, dict(dataset_kw or {}))
+                   cfg.five_crop if five_crop is None else five_crop, seed, dict(dataset_kw or {}))
     out = Path(out)
     if resume: _check_resume(out, spec)
     bb = load_backbone(backbone, weights=weights, seed=seed)
@@ -108,7 +105,7 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
     with isolated_rng(seed): task = M.build(bb, train_ds.n_classes, cfg)   # the same seed, the same initial weights
     tcfg = TrainConfig(max_steps=steps, batch_size=batch_size, seed=seed, device=device, eval_every=eval_every,
                        save_every=save_every, num_workers=num_workers, precision=precision, progress=progress,
-                       clip_grad_norm=getattr(cfg, 'grad_norm', None))   # the method's clipping (HP: 10)
+                       clip_grad_norm=cfg.clip_grad_norm)   # the method's clipping (HP: 10)
     spec.config, spec.train = asdict(task.cfg), asdict(tcfg)
     task.spec = asdict(spec)
     data = task.training_data(train_ds, task.spec)
@@ -201,7 +198,7 @@ def load_run(run_dir:str|Path, # a folder written by `train`
     if not spec_d: raise ValueError(f'{cfg_file} holds no run spec: was it written by usseg.methods.train?')
     spec = RunSpec(**spec_d)
     M = get_method(spec.method)
-    cfg = M.Config(**{k: v for k, v in spec.config.items() if k in {f.name for f in fields(M.Config)}})
+    cfg = M.Config.from_dict(spec.config)
     bb = load_backbone(spec.backbone, weights=spec.weights, seed=spec.seed)
     n_classes = cfg.n_classes
     task = M.build(bb, n_classes, cfg)
