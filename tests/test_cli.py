@@ -67,7 +67,7 @@ def test_bad_arguments_one_line_nothing_written(tmp_path, args):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and 'error' in lines[0], r.stderr
     assert not (tmp_path/'r').exists() and not (tmp_path/'o').exists()
-    if '--set' in args: assert 'its settings are: dim, extra_clusters, lr, cluster_lr' in lines[0], lines[0]   # the keys that exist
+    if '--set' in args: assert 'its settings are: dim, dropout, extra_clusters, lr, cluster_lr' in lines[0], lines[0]   # the keys that exist
 
 
 def test_baseline_on_real_camvid():

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import usseg  # noqa: F401
+from usseg.features import super_perm
 from usseg.losses.hp import hp_loss, lhp_attention, neighbourhood_mask, propagate_code
-from usseg.losses.stego import correspondence_pair_loss, stego_loss, super_perm
+from usseg.losses.stego import correspondence_pair_loss, stego_loss
 from usseg.models.heads import StegoHead, reference_head_state_dict
 
 FX = Path(__file__).parent/'fixtures'

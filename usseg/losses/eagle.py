@@ -16,8 +16,7 @@ from torch import nn
 
 from ..cluster import ClusterLookup
 from ..core import denormalize
-from ..features import norm, sample, tensor_correlation
-from .smooseg import closeness, super_perm
+from ..features import closeness, norm, sample, super_perm, tensor_correlation
 
 # %% ../../nbs/23_losses.eagle.ipynb #818f482e
 def code_affinity(code:torch.Tensor, # `(B, D, h, w)` head output

@@ -91,11 +91,12 @@ _KINDS = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'tex
 @dataclass
 class MethodConfig:
     "The settings every method shares; a method's configuration subclasses it (defaults: the paper's main setting)."
-    dataset: str = 'synthetic'       # the dataset the values are for (the factory `default_config` picked)
+    dataset: str = 'cocostuff27'     # the dataset the values are for (the factory `default_config` picked)
     n_classes: int = 27              # classes K (`for_backbone`: from the data)
     backbone: str = 'dino_vits8'     # the backbone the values are for (`for_backbone`: the one used)
     in_dim: int = 384                # channels the head reads (`for_backbone`: from the backbone)
     dim: int = 70                    # code channels D
+    dropout: float = 0.1             # Dropout2d on the features the head (and the loss) reads
     extra_clusters: int = 0          # cluster probe size: K + extra_clusters
     lr: float = 5e-4                 # what makes the code (the head)
     cluster_lr: float = 5e-3         # cluster probe (Adam)
@@ -203,11 +204,13 @@ def training_data(self:SegTask, dataset, spec:dict):
 @dataclass
 class ProbeConfig(MethodConfig):
     "Probes on frozen features (STEGO's learning rates for the probes)."
+    dataset: str = 'synthetic'
     n_classes: int = 8
     max_steps: int = 1000
     source: str = 'usseg: the DINO-baseline rows of STEGO Table 1 (probes on frozen features)'
     paper: ClassVar[str] = 'probe'
-    fixed: ClassVar[dict] = {**MethodConfig.fixed, 'dim': 'the code is the features: D = in_dim', 'lr': 'the probe method trains no head'}
+    fixed: ClassVar[dict] = {**MethodConfig.fixed, 'dim': 'the code is the features: D = in_dim', 'lr': 'the probe method trains no head',
+                             'dropout': 'the probe method has no head'}
 
     def for_backbone(self, backbone, n_classes:int):
         cfg = super().for_backbone(backbone, n_classes)

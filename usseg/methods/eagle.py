@@ -6,7 +6,7 @@
 __all__ = ['EagleConfig', 'BlurredViews', 'EagleMethod', 'eigen_rgb']
 
 # %% ../../nbs/41d_methods.eagle.ipynb #9aeb1f88
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -28,13 +28,10 @@ from ..models.heads import ProjectionHead, StegoHead, flatten_pixels
 @dataclass
 class EagleConfig(MethodConfig):
     "Hyperparameters of an EAGLE run (defaults: COCO-Stuff-27, `EAGLE:src_EAGLE/configs/train_config_cocostuff.yml`)."
-    dataset: str = 'cocostuff27'
-    n_classes: int = 27
     in_dim: int = 3 * 384                 # n_blocks x backbone channels
     dim: int = 512
     extra_clusters: int = 5
     n_blocks: int = 3                     # keys of the last n_blocks blocks, concatenated
-    dropout: float = 0.1
     # EiCue
     eigen_k: int = 4                      # eigen_cluster
     eigen_clusters: int = 32              # eigen_cluster_out (= n_classes + extra_clusters)
@@ -89,18 +86,17 @@ class EagleConfig(MethodConfig):
                    source='EAGLE:src_EAGLE/configs/train_config_cityscapes.yml')
 
     @classmethod
-    def smoke(cls):
-        "A tiny CPU run of the same code: synthetic scenes, random weights, a few steps."
-        return cls(dataset='synthetic', n_classes=8, extra_clusters=1, backbone='vit_tiny8', n_blocks=2,
-                   in_dim=2 * 48, dim=32, eigen_clusters=9, feature_samples=5, batch_size=4, max_steps=3, step_schedulers=1,
-                   image_size=64, source='usseg smoke test')
-
-    @classmethod
     def synthetic(cls):
         "usseg's setting for the synthetic scenes with a random tiny ViT (see the EAGLE training page for each deviation)."
         return cls(dataset='synthetic', n_classes=8, extra_clusters=1, backbone='vit_tiny8', n_blocks=2,
                    in_dim=2 * 48, dim=64, eigen_clusters=9, feature_samples=11, batch_size=32, max_steps=600, step_schedulers=200,
                    image_size=96, source='usseg: synthetic scenes, random vit_tiny8 (the EAGLE training page gives each change)')
+
+    @classmethod
+    def smoke(cls):
+        "A tiny CPU run of the same code: the synthetic setting with a smaller code, fewer samples and a few steps."
+        return replace(cls.synthetic(), dim=32, feature_samples=5, batch_size=4, max_steps=3, step_schedulers=1, image_size=64,
+                       source='usseg smoke test')
 
     def eicue_kwargs(self) -> dict: return dict(k=self.eigen_k, sigma=self.sigma, colour_space=self.colour_space)
     def nce_kwargs(self) -> dict:

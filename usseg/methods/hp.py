@@ -20,16 +20,14 @@ from ..data.transforms import MultiView, hp_photometric
 from ..losses.hp import (build_reference_pool, consistency_loss, hp_loss, lambda_schedule, lhp_attention,
                              pool_entries, propagate_code, renew_due)
 from .base import MethodConfig, SegTask
-from ..models.heads import ProjectionHead, StegoHead, ema_copy, ema_update, flatten_pixels
+from ..learner.schedules import ema_update_
+from ..models.heads import ProjectionHead, StegoHead, flatten_pixels
 
 # %% ../../nbs/41b_methods.hp.ipynb #c220f07b
 @dataclass
 class HpConfig(MethodConfig):
     "Hidden Positives hyperparameters; defaults are COCO-Stuff-27 (`HP:json/server/cocostuff.json`)."
-    dataset: str = 'cocostuff27'
-    n_classes: int = 27
-    dim: int = 512                   # code channels D
-    dropout: float = 0.1
+    dim: int = 512                   # code channels D (dataset, classes and dropout 0.1: MethodConfig's defaults)
     # loss
     tau: float = 0.8
     rho: float = 0.02
@@ -111,7 +109,7 @@ class HpMethod(SegTask):
             raise ValueError(f'HP needs a ViT backbone with self-attention (e.g. dino_vits8), got {getattr(backbone, "name", type(backbone).__name__)}')
         super().__init__(backbone, n_classes, dim, extra_clusters, cfg)
         self.head = StegoHead(backbone.embed_dim, dim, cfg.dropout)
-        self.ema_head = ema_copy(self.head)                       # task-specific features e
+        self.ema_head = copy.deepcopy(self.head).requires_grad_(False)                       # task-specific features e
         self.projection = ProjectionHead(dim)
         self.dropout = nn.Dropout2d(cfg.dropout)
         self.register_buffer('pool_ag', torch.zeros(cfg.pool_size, backbone.embed_dim))   # P^ag (P, C)
@@ -213,4 +211,4 @@ def clip_parameters(self:HpMethod) -> list:
 @patch
 def after_step(self:HpMethod, step:int):
     "Move the EMA head towards the head: $\\bar\\theta \\leftarrow m\\bar\\theta + (1-m)\\theta$."
-    ema_update(self.ema_head, self.head, self.cfg.ema_m)
+    ema_update_(self.ema_head, self.head, self.cfg.ema_m)

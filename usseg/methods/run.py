@@ -18,7 +18,7 @@ from ..backbones import load_backbone
 from ..core import default_device, make_palette, show_grid, smoke_mode
 from ..data import get_dataset
 from ..data.transforms import EvalTransform
-from ..evaluate import EvalResult, evaluate, predict_masks, read_image, save_predictions
+from ..evaluate import EvalResult, evaluate, predict_masks, read_image_tensor, save_predictions
 from ..learner import Learner, TrainConfig, isolated_rng, load_checkpoint, load_task_state
 from . import get_method
 from .base import SegTask
@@ -161,7 +161,7 @@ class Run:
         paths = []
         palette = make_palette(self.task.n_classes + self.task.extra_clusters)
         for p in images:
-            x = read_image(p, max_size=size, multiple=mult)
+            x = read_image_tensor(p, max_size=size, multiple=mult)
             pred = predict_masks(self.task.code, [x], heads['cluster_head'], assignment=self.assignment(), palette=palette,
                                  alpha=heads['alpha'], flip=heads['flip'], device=device)
             paths += save_predictions(pred, out_dir, [Path(p).stem])

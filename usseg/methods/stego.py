@@ -25,10 +25,7 @@ from ..models.heads import StegoHead
 @dataclass
 class StegoConfig(MethodConfig):
     "STEGO hyperparameters; defaults are COCO-Stuff-27 with ViT-S/8 ('Cocostuff27 vit small 1/31/22')."
-    dataset: str = 'cocostuff27'
-    n_classes: int = 27
-    dim: int = 70                   # code channels D
-    dropout: float = 0.1            # Dropout2d on the features, in the head and on the features the loss sees
+    dim: int = 70                   # code channels D (dataset, classes and dropout 0.1: MethodConfig's defaults)
     # correspondence loss, Eq. (4) of the STEGO loss page
     pos_intra_weight: float = 0.67  # λ_self
     pos_inter_weight: float = 0.25  # λ_knn
