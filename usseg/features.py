@@ -15,14 +15,13 @@ import re
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch_to
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .core import atomic_write_text, cache_dir, show_grid, to_display
+from .core import atomic_write_text, cache_dir, show_grid
 
 # %% ../nbs/11_features.ipynb #1abc66f5
 def norm(t:torch.Tensor, # `(B, C, ...)`

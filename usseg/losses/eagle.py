@@ -12,9 +12,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..cluster import ClusterLookup
 from ..core import denormalize
 from ..features import closeness, norm, sample, super_perm, tensor_correlation
 

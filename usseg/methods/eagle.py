@@ -9,7 +9,6 @@ __all__ = ['EagleConfig', 'BlurredViews', 'EagleMethod', 'eigen_rgb']
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data.transforms import MultiView, hp_photometric
 from ..losses.hp import (build_reference_pool, consistency_loss, hp_loss, lambda_schedule, lhp_attention,
-                             pool_entries, propagate_code, renew_due)
+                             propagate_code, renew_due)
 from .base import MethodConfig, SegTask
 from ..learner.schedules import ema_update_
 from ..models.heads import ProjectionHead, StegoHead, flatten_pixels

@@ -6,12 +6,10 @@
 __all__ = ['StegoConfig', 'StegoMethod', 'knn_backbone_name']
 
 # %% ../../nbs/41a_methods.stego.ipynb #4d66ab6a
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 from fastcore.basics import patch
 from torch import nn

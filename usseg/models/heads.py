@@ -7,7 +7,6 @@ __all__ = ['HEAD_DIMS', 'StegoHead', 'reference_head_state_dict', 'LinearProbe',
            'ProjectionHead']
 
 # %% ../../nbs/14_models.heads.ipynb #d304bc4b
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
