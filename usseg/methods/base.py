@@ -120,7 +120,9 @@ class MethodConfig:
     @property
     def n_clusters(self) -> int: return self.n_classes + self.extra_clusters
 
-    def head_in_dim(self, backbone) -> int: return backbone.embed_dim
+    def head_in_dim(self, backbone) -> int:
+        "Channels the head reads from `backbone`: its width (a method that reads more, like EAGLE, overrides this)."
+        return backbone.embed_dim
 
     def for_backbone(self, backbone, # the built backbone (its `name` and `embed_dim`)
                      n_classes:int, # classes of the training data

@@ -70,7 +70,9 @@ class EagleConfig(MethodConfig):
     renamed: ClassVar[dict] = {**MethodConfig.renamed, 'lr_eigen_cluster': 'eigen_cluster_lr', 'n_samples': 'feature_samples',
                                'pos_weight': 'pos_inter_weight', 'neg_weight': 'neg_inter_weight'}
 
-    def head_in_dim(self, backbone) -> int: return self.n_blocks * backbone.embed_dim
+    def head_in_dim(self, backbone) -> int:
+        "The keys of the last `n_blocks` blocks, concatenated: `n_blocks` x the backbone's width."
+        return self.n_blocks * backbone.embed_dim
 
     @classmethod
     def cocostuff27(cls): return cls()
