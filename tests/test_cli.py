@@ -55,6 +55,8 @@ def test_train_evaluate_predict_round_trip(tmp_path):
     ['train', 'probe', '--dataset', 'synthetic', '--out', 'r', '--weights', 'w.pth'],  # no such weights file
     ['train', 'probe', '--dataset', 'camvid', '--data-root', 'missing', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8'],
     ['train', 'maskcontrast', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random'],
+    ['train', 'stego', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8', '--set', 'unknown_key=1'],
+    ['train', 'hp', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8', '--set', 'in_dim=8'],
     ['evaluate', 'no_run'], ['predict', 'no_run', 'x.png', '--out', 'o'],
     ['baseline', '--dataset', 'camvid', '--data-root', 'missing', '--weights', 'random'],
     ['data', 'prepare', 'cityscapes27', '--root', 'd', '--no-download'],
@@ -65,6 +67,7 @@ def test_bad_arguments_one_line_nothing_written(tmp_path, args):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and 'error' in lines[0], r.stderr
     assert not (tmp_path/'r').exists() and not (tmp_path/'o').exists()
+    if '--set' in args: assert 'its settings are: dim, dropout, extra_clusters, lr, cluster_lr' in lines[0], lines[0]   # the keys that exist
 
 
 def test_baseline_on_real_camvid():

@@ -13,10 +13,12 @@ from PIL import Image
 import usseg  # noqa: F401
 import usseg.data.external as ext
 from torchvision.transforms.v2 import functional as TF
-from usseg.data import get_dataset, make_fake_tree
-from usseg.data.external import Resource, serve_files
+from usseg.data import get_dataset
+from usseg.data.external import Resource
 from usseg.data.prepare import (NeighbourPairs, compute_neighbours, five_crop_boxes, knn_file, knn_from_features, neighbours_dir,
                                 load_neighbours, pooled_features, prepare_dataset, write_five_crops, _transform_of)
+
+from helpers import make_fake_tree, serve_files
 
 
 class MeanColour(nn.Module):

@@ -16,9 +16,9 @@ from usseg.data import get_dataset
 from usseg.data.prepare import neighbours_dir
 from usseg.data.transforms import EvalTransform
 from usseg.learner import load_checkpoint
-from usseg.losses.hp import HpConfig
-from usseg.losses.stego import StegoConfig
 from usseg.methods import get_method, load_run, train
+from usseg.methods.hp import HpConfig
+from usseg.methods.stego import StegoConfig
 
 USSEG = shutil.which('usseg') or str(Path(sys.executable).with_name('usseg'))
 SMOKE = dict(backbone='vit_tiny8', weights='random', device='cpu', progress='none', smoke=True,

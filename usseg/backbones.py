@@ -414,8 +414,8 @@ class EfficientNetBackbone(Backbone):
         return outs
 
 # %% ../nbs/10_backbones.ipynb #89efd933
-@patch
-def forward(self:EfficientNetBackbone, img:torch.Tensor, # `(B, 3, H, W)`, any size, ImageNet-normalised
+@patch(nm='forward')
+def _efficientnet_forward(self:EfficientNetBackbone, img:torch.Tensor, # `(B, 3, H, W)`, any size, ImageNet-normalised
            ) -> torch.Tensor: # `(B, C, ceil(H/p), ceil(W/p))`, C = the channels of the `out` stages together
     "The `out` stages' maps, upsampled to the finest and concatenated."
     self._check_image(img, multiple=False)
@@ -426,8 +426,8 @@ def forward(self:EfficientNetBackbone, img:torch.Tensor, # `(B, 3, H, W)`, any s
         return torch.cat([f if f.shape[-2:] == size else F.interpolate(f, size, mode='bilinear', align_corners=False)
                           for f in fs], 1)
 
-@patch
-def intermediate(self:EfficientNetBackbone, img:torch.Tensor, n:int=1, # how many stages, ending at the last `out` stage
+@patch(nm='intermediate')
+def _efficientnet_intermediate(self:EfficientNetBackbone, img:torch.Tensor, n:int=1, # how many stages, ending at the last `out` stage
                  kind:str='tokens') -> list:
     "The maps of the last `n` stages up to the last `out` stage, oldest first."
     if kind != 'tokens': raise ValueError(f"{self.name} has no queries, keys or values: use kind='tokens'")

@@ -246,7 +246,7 @@ def demo(out:str|Path='usseg_demo', # output folder
     from usseg.data import get_dataset
     from usseg.data.transforms import EvalTransform
     from usseg.evaluate import baseline, predict_masks
-    from usseg.losses.stego import StegoConfig
+    from usseg.methods.stego import StegoConfig
     from usseg.methods import train
     if size < 16 or size % 8: raise ValueError(f'--size must be a multiple of 8 and at least 16 (got {size})')
     if n_images < 2: raise ValueError(f'--n-images must be at least 2 (got {n_images})')

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CRF_BACKENDS', 'as_cluster_head', 'predict_batch', 'EvalResult', 'evaluate', 'choose_fit_split', 'collect_features',
-           'baseline', 'read_image', 'predict_masks', 'save_predictions']
+           'baseline', 'read_image_tensor', 'predict_masks', 'save_predictions']
 
 # %% ../nbs/33_evaluate.ipynb #56e1b1ee
 import json
@@ -298,10 +298,10 @@ def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e
     return res
 
 # %% ../nbs/33_evaluate.ipynb #481bd3dd
-def read_image(path:str|Path, # an image file PIL can read
-               max_size:int|None=None, # shrink so the longer side is at most this
-               multiple:int=8, # crop to a multiple of the patch size
-              ) -> torch.Tensor:
+def read_image_tensor(path:str|Path, # an image file PIL can read
+                      max_size:int|None=None, # shrink so the longer side is at most this
+                      multiple:int=8, # crop to a multiple of the patch size
+                     ) -> torch.Tensor:
     "`(3, H, W)` ImageNet-normalised tensor of an image file."
     from PIL import Image
     p = Path(path)

@@ -20,10 +20,13 @@ def ema_update_(target:torch.Tensor|nn.Module, # the average, updated in place
                 decay:float, # $m$ in $\bar\theta \leftarrow m\bar\theta + (1-m)\theta$
                ):
     "In place: `target = decay*target + (1 - decay)*source`; for modules, parameters are averaged and buffers copied."
-    if isinstance(target, nn.Module):
-        for t, s in zip(target.parameters(), source.parameters(), strict=True): t.mul_(decay).add_(s.detach(), alpha=1 - decay)
-        for t, s in zip(target.buffers(), source.buffers(), strict=True): t.copy_(s)
-    else: target.mul_(decay).add_(source.detach(), alpha=1 - decay)
+    if not 0 <= decay <= 1: raise ValueError(f'EMA decay must be in [0, 1] (got {decay})')
+    pairs = ((list(target.parameters()), list(source.parameters())), (list(target.buffers()), list(source.buffers()))) \
+            if isinstance(target, nn.Module) else (([target], [source]), ([], []))
+    if any(len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)) for a, b in pairs):
+        raise ValueError('the average and the source must have the same architecture (parameters and buffers of the same shapes)')
+    for t, s in zip(*pairs[0]): t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+    for t, s in zip(*pairs[1]): t.copy_(s)
     return target
 
 class EMA(nn.Module):
