@@ -19,7 +19,7 @@ from ..core import default_device, make_palette, show_grid, smoke_mode
 from ..data import get_dataset
 from ..data.transforms import EvalTransform
 from ..evaluate import EvalResult, evaluate, predict_masks, read_image_tensor, save_predictions
-from ..learner import Learner, TrainConfig, isolated_rng, load_checkpoint, load_task_state
+from ..learner import Learner, TrainConfig, default_callbacks, isolated_rng, load_checkpoint, load_task_state
 from . import get_method
 from .base import SegTask
 
@@ -64,14 +64,17 @@ def _eval_fn(spec:RunSpec, ds, device, max_images=None):
         return out
     return fn
 
-def _check_resume(run_dir:Path, spec:RunSpec):
-    "On resume, the stored run must be the same run."
-    cfg = run_dir/'config.json'
-    if not cfg.exists(): return
-    old = json.loads(cfg.read_text()).get('task', {}).get('spec', {})
-    for k in ('method', 'dataset', 'backbone', 'weights', 'image_size', 'seed'):
-        if k in old and old[k] != getattr(spec, k):
-            raise ValueError(f'--resume: {run_dir} was trained with {k}={old[k]!r}, not {getattr(spec, k)!r}; '
+def _check_resume(run_dir:Path, spec:RunSpec, cfg):
+    "On resume, the stored run must be the same run (the same backbone, frozen or trained, too)."
+    f = run_dir/'config.json'
+    if not f.exists(): return
+    old = json.loads(f.read_text()).get('task', {}).get('spec', {})
+    now = {k: getattr(spec, k) for k in ('method', 'dataset', 'backbone', 'weights', 'image_size', 'seed')}
+    now['freeze_backbone'] = cfg.freeze_backbone
+    old = {**old, 'freeze_backbone': old.get('config', {}).get('freeze_backbone', True)}
+    for k, v in now.items():
+        if k in old and old[k] != v:
+            raise ValueError(f'--resume: {run_dir} was trained with {k}={old[k]!r}, not {v!r}; '
                              'pass the same settings or choose a new --out')
 
 # %% ../../nbs/41_methods.run.ipynb #0d613cc2
@@ -86,7 +89,10 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
           eval_every:int=0, eval_images:int|None=None, # evaluate every N steps (0: at the end); at most N images
           save_every:int=500, num_workers:int=0, precision:str='fp32', progress:str='auto',
           train_split:str='train', eval_split:str='val', five_crop:bool|None=None, image_interp:str='bilinear',
-          dataset_kw:dict|None=None):
+          dataset_kw:dict|None=None,
+          sync_bn:bool|None=None, # DDP on GPUs: synchronise the BatchNorm layers that train (default: when the backbone's do)
+          callbacks:list|None=None, # more `usseg.learner.Callback`s, after the default ones
+         ):
     "Train `method` on `dataset` into the run directory `out`; returns the `Run`."
     M = get_method(method)
     smoke = smoke_mode() if smoke is None else smoke
@@ -98,19 +104,23 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
                    eval_size or EVAL_SIZE.get(dataset, image_size), train_split, eval_split, image_interp,
                    cfg.five_crop if five_crop is None else five_crop, seed, dict(dataset_kw or {}))
     out = Path(out)
-    if resume: _check_resume(out, spec)
+    if resume: _check_resume(out, spec, cfg)
     bb = load_backbone(backbone, weights=weights, seed=seed)
     if image_size % bb.patch_size: raise ValueError(f'--image-size {image_size} is not a multiple of the patch size {bb.patch_size}')
     train_ds, eval_ds = spec.split_dataset(train_split, train=True), spec.split_dataset(eval_split)
     with isolated_rng(seed): task = M.build(bb, train_ds.n_classes, cfg)   # the same seed, the same initial weights
+    trains = not cfg.freeze_backbone
+    if sync_bn is None: sync_bn = trains and cfg.backbone_bn and default_device(device).type == 'cuda'
     tcfg = TrainConfig(max_steps=steps, batch_size=batch_size, seed=seed, device=device, eval_every=eval_every,
                        save_every=save_every, num_workers=num_workers, precision=precision, progress=progress,
-                       clip_grad_norm=cfg.clip_grad_norm)   # the method's clipping (HP: 10)
+                       clip_grad_norm=cfg.clip_grad_norm,   # the method's clipping (HP: 10)
+                       find_unused_parameters=trains, sync_bn=sync_bn)   # a trained backbone: layers without a gradient in a step
     spec.config, spec.train = asdict(task.cfg), asdict(tcfg)
     task.spec = asdict(spec)
     data = task.training_data(train_ds, task.spec)
     dev = default_device(device)
-    learner = Learner(task, data, out, tcfg, eval_fn=_eval_fn(spec, eval_ds, dev, eval_images), sample_data=eval_ds)
+    learner = Learner(task, data, out, tcfg, eval_fn=_eval_fn(spec, eval_ds, dev, eval_images), sample_data=eval_ds,
+                      callbacks=default_callbacks(tcfg) + list(callbacks or []))
     learner.fit(resume=resume)
     return Run(out, task, spec)
 
