@@ -9,12 +9,11 @@ cross-entropy through a classifier on the code, so the gradient reaches the back
 the probes in a `probe` stage.
 """
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from fastcore.basics import patch
 from torch import nn
 
 from usseg.backbones import register_backbone
@@ -32,7 +31,9 @@ def bn_conv(seed:int=0) -> BNConvBackbone: return BNConvBackbone(16, seed=seed)
 
 
 class Report(Callback):
-    "Print `checkpoint <folder> <step>` after each checkpoint and sleep `DELAY` after each step."
+    "Append the step a Learner run starts at to its `runs.txt`, print `checkpoint <folder> <step>` after each checkpoint, sleep `DELAY` after each step."
+    def on_fit_start(self, learner):
+        with open(learner.run_dir/'runs.txt', 'a') as f: f.write(f'{learner.step}\n')
     def on_step_end(self, learner):
         if DELAY: time.sleep(DELAY)
     def on_checkpoint(self, learner, path): print(f'checkpoint {learner.run_dir.name} {learner.step}', flush=True)
@@ -83,5 +84,39 @@ class FineTuneMethod(SegTask):
                 **self.backbone_optimizer(torch.optim.SGD, momentum=0.9)}
 
 
+@dataclass
+class TwoStageConfig(FineTuneConfig):
+    "The same code on a frozen `bn_conv`; 6 steps per stage, the probe stage at its own learning rate."
+    freeze_backbone: bool = True
+    max_steps: int = 6
+    probe_lr: float = 2e-2
+    paper: ClassVar[str] = 'twostage'
+
+
+class TwoStageMethod(FineTuneMethod):
+    "Stage `pretrain` trains the code (as `finetune`, with a frozen backbone); stage `probe` starts from it and trains the probes only."
+    name, Config = 'twostage', TwoStageConfig
+    stages = ('pretrain', 'probe')
+    stage = 'pretrain'
+
+    def training_step(self, batch, step):
+        if self.stage == 'pretrain': return super().training_step(batch, step)
+        with torch.no_grad(): code = self.code(batch['img'])
+        probes = self.probe_losses(code, batch['label'])
+        return {'loss': probes['cluster_loss'] + probes['linear_loss'], **{k: v.detach() for k, v in probes.items()}}
+
+    def configure_optimizers(self):
+        if self.stage == 'pretrain': return super().configure_optimizers()
+        return self.probe_optimizers(self.cfg.probe_lr, self.cfg.probe_lr)
+
+    def run_stage(self, name, spec, ctx):
+        self.stage = name
+        if name == 'probe': load_task_state(self, ctx.input('pretrain', 'checkpoint'))   # read from its file: on resume stage 1 did not run
+        data = self.training_data(spec.split_dataset(spec.train_split, train=True), asdict(spec))
+        self.fit_stage(ctx, data, callbacks=[Report()])
+        return {'checkpoint': ctx.output('checkpoints/last.pt')}
+
+
 register_backbone('bn_conv', bn_conv, used_by='tests: a small BatchNorm backbone')
 register_method('finetune', FineTuneMethod)
+register_method('twostage', TwoStageMethod)

@@ -44,6 +44,7 @@ class SegTask(Task):
     name = 'seg'              # the registry name
     alpha = 2.0               # cluster temperature before the CRF (STEGO/HP/SmooSeg 2, EAGLE 4)
     flip = True               # flip test-time augmentation at evaluation (STEGO, SmooSeg, EAGLE; HP: off)
+    stages = ()               # a method that runs in several stages names them (and implements `run_stage`: see runs)
 
     def __init__(self, backbone:nn.Module, # `(B, 3, H, W) -> (B, C, h, w)`; a `usseg.backbones.Backbone` to train it
                  n_classes:int, dim:int, # classes K and code channels D
