@@ -112,7 +112,7 @@ def training_step(self:SmooSegMethod, batch:dict, step:int) -> dict:
     p_s, p_t = self.predictor(code)                                    # (B, K, h, w) each
     self._phi_s_start = self.predictor.phi_s.detach().clone()         # the EMA target, as upstream (before the step)
     out = self.loss_fn(feats, p_s, p_t)
-    lin = linear_probe_loss(self.linear_probe(code.detach()), batch['label'])
+    lin = linear_probe_loss(self.linear_probe(code.detach()), batch['label'], self.probe_labels)
     return {'loss': out.loss + lin, 'energy': out.loss, 'smooth': out.smooth, 'data': out.data,
             'intra_cd': out.intra_cd, 'inter_cd': out.inter_cd, 'linear_loss': lin}
 
