@@ -17,6 +17,8 @@ the test split. On the test scenes / photos of `benchmarks/saliency.py` (same si
 - `probe`: a logistic regression from one patch's features to "this patch is mostly foreground", fitted on the
   val split (L-BFGS, balanced classes) and scored on test with the saliency metrics: what the features hold
   linearly about objecthood, an upper bound for a prior built on them.
+- `layout`: where the foreground lies (labels only): its share inside the centre prior's core (map > 0.5) and
+  outside it, per sixth of the image height (top to bottom), and its 8-connected segments per image.
 - `versus_centre` (synthetic scenes): every variant of `benchmarks/saliency.py` against the centre prior, paired
   over the same images: the difference in max F (mean P/R curves) and in mean IoU, with a 95 % bootstrap interval
   (1,000 resamples of the images, seed 0) and the share of resamples in which the variant is ahead.
@@ -94,6 +96,28 @@ def paired_bootstrap(ds, priors: dict, fgc, batch_size: int, n_boot: int = 1000,
         out[n] = {'max_f_diff': round(float(v[0] - c[0]), 4), 'max_f_diff_95': q(df), 'max_f_ahead_share': round(float((df > 0).double().mean()), 3),
                   'iou_diff': round(float(v[2] - c[2]), 4), 'iou_diff_95': q(di), 'iou_ahead_share': round(float((di > 0).double().mean()), 3)}
     return out
+
+
+def layout(ds, fgc, batch_size) -> dict:
+    "Where the foreground lies: inside / outside the centre prior's core, per sixth of the height, segments per image."
+    from scipy import ndimage
+
+    from usseg.priors import CentrePrior
+    from usseg.priors.saliency import foreground
+    f_in = v_in = f_out = v_out = 0.0
+    rows_f, rows_v, segs = 0.0, 0.0, []
+    for img, label in batches(ds, batch_size):
+        fg, valid = foreground(label, fgc)
+        H, W = label.shape[-2:]
+        core = F.interpolate(CentrePrior()(img[:1]), size=(H, W), mode='nearest')[0, 0] > 0.5
+        f, v = (fg & valid).double(), valid.double()
+        f_in += f[:, core].sum().item(); v_in += v[:, core].sum().item(); f_out += f[:, ~core].sum().item(); v_out += v[:, ~core].sum().item()
+        rows_f, rows_v = rows_f + f.sum((0, 2)), rows_v + v.sum((0, 2))
+        segs += [ndimage.label(g, structure=np.ones((3, 3), bool))[1] for g in (fg & valid).numpy()]
+    bands = [float(rows_f[b].sum()/rows_v[b].sum().clamp_min(1)) for b in np.array_split(np.arange(len(rows_f)), 6)]
+    return {'fg_share_in_centre_core': f_in/max(v_in, 1), 'fg_share_outside_core': f_out/max(v_out, 1),
+            'centre_core_area': float(core.double().mean()), 'fg_share_by_height_sixth': [round(b, 4) for b in bands],
+            'segments_per_image': {'median': float(np.median(segs)), 'mean': float(np.mean(segs))}}
 
 
 def fit_probe(X: torch.Tensor, y: torch.Tensor, steps: int = 200, l2: float = 1e-4):
@@ -198,7 +222,7 @@ def main(argv=None):
                 from benchmarks.saliency import variants
                 d['versus_centre'] = paired_bootstrap(test, variants(bb), fgc, args.batch_size)
                 print(b, name, 'versus centre', json.dumps(d['versus_centre']))
-            d.update(n_images=len(test), seconds=round(time.perf_counter() - t, 1))
+            d.update(n_images=len(test), seconds=round(time.perf_counter() - t, 1), layout=layout(test, fgc, args.batch_size))
             run['datasets'][name] = d
             print(b, name, {k: d[k] for k in ('image_fg_share', 'eigs_oracle_iou')}, {n: (round(c['fg_precision'], 3), c['best_class_kind'])
                   for n, c in d['cut'].items()}, 'probe max F %.3f IoU %.3f' % (d['probe']['max_f'], d['probe']['iou']))

@@ -85,6 +85,9 @@ def test_saliency_diagnosis_dry_run(tmp_path):
     for c in syn['cut'].values():
         assert sum(c['best_class_kind'].values()) == 8 and 0 <= c['fg_precision'] <= 1 and 0 < c['area'] <= 1
     assert 0 <= syn['probe']['max_f'] <= 1 and 0 <= syn['probe']['iou'] <= 1
+    lay = syn['layout']
+    assert len(lay['fg_share_by_height_sixth']) == 6 and lay['segments_per_image']['mean'] >= 0
+    assert 0 < lay['centre_core_area'] < 1 and 0 <= lay['fg_share_in_centre_core'] <= 1
     vc = syn['versus_centre']
     assert {'tokencut', 'spectral', 'attention'} <= set(vc) and 'centre' not in vc
     for v in vc.values():
