@@ -180,7 +180,9 @@ class Run:
         return self.run_dir/stages[-1] if len(stages) > 1 else self.run_dir
 
     @property
-    def step(self) -> int: return int(load_checkpoint(self.checkpoint_dir)['step'])
+    def step(self) -> int:
+        "The training step of the saved checkpoint."
+        return int(load_checkpoint(self.checkpoint_dir)['step'])
 
     def assignment(self, split:str|None=None):
         "The cluster-to-class matching of the last saved evaluation on `split` (None if there is none)."
