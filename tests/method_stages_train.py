@@ -11,8 +11,6 @@ checkpoint, so a test can kill the process between two of them.
 import argparse
 import sys
 
-import torch
-
 import usseg  # noqa: F401  (compat shim first)
 from usseg.cli import main as usseg_main
 
@@ -26,10 +24,9 @@ def main(argv=None):
     p.add_argument('--redo', default=None)
     p.add_argument('--delay', type=float, default=0.0, help='seconds to sleep after each step')
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
     toy_methods.DELAY = a.delay
     args = ['train', 'twostage', '--dataset', 'synthetic', '--data-root', f'{a.run_dir}-data', '--out', a.run_dir,
-            '--backbone', 'bn_conv', '--smoke', '--device', 'cpu', '--n-images', '16', '--n-classes', '5', '--save-every', '2']
+            '--backbone', 'bn_conv', '--smoke', '--device', 'cpu', '--n-images', '16', '--n-classes', '5', '--save-every', '2', '--threads', '1']
     args += ['--resume'] * a.resume + (['--redo', a.redo] if a.redo else [])
     return usseg_main(args)
 

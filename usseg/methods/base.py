@@ -118,6 +118,13 @@ class SegTask(Task):
 # %% ../../nbs/41_methods.base.ipynb #b336b0c3
 _KINDS = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'text'}
 
+def _arch(backbone) -> str|None:
+    "The timm architecture of a backbone name or instance (None: a backbone of your own, or none)."
+    if backbone is None: return None
+    if isinstance(backbone, str): return backbone_spec(backbone).arch
+    spec = getattr(backbone, 'spec', None)
+    return spec.arch if spec is not None and spec.kind != 'custom' else None
+
 @dataclass
 class MethodConfig:
     "The settings every method shares; a method's configuration subclasses it (defaults: the paper's main setting)."
@@ -133,7 +140,7 @@ class MethodConfig:
     linear_lr: float = 5e-3          # linear probe (Adam)
     batch_size: int = 16
     max_steps: int = 5000
-    image_size: int = 224            # training resolution
+    image_size: int|tuple = 224      # training resolution: a side, or (h, w)
     five_crop: bool = False          # train on the five-crop copy of the training split
     clip_grad_norm: float|None = None  # clip the gradient norm of the task's `clip_parameters()` (None: never)
     freeze_backbone: bool = True     # False: the backbone trains too, with its own optimiser (`SegTask.backbone_optimizer`)
@@ -165,6 +172,11 @@ class MethodConfig:
         return replace(self, n_classes=n_classes, backbone=getattr(backbone, 'name', self.backbone), in_dim=self.head_in_dim(backbone))
 
     @classmethod
+    def _pairs(cls) -> set:
+        "Fields that take an int or a pair, such as `image_size`."
+        return {f.name for f in fields(cls) if 'tuple' in str(f.type) and 'int' in str(f.type)}
+
+    @classmethod
     def settable(cls) -> list:
         "The names `override` accepts."
         return [f.name for f in fields(cls) if f.name not in cls.fixed]
@@ -181,11 +193,13 @@ class MethodConfig:
             if v is None: ok = optional
             elif isinstance(old, bool) or isinstance(v, bool): ok = isinstance(v, bool) and isinstance(old, bool)
             elif isinstance(old, float) or old is None: ok = isinstance(v, (int, float))
+            elif k in self._pairs() and isinstance(v, (list, tuple)):   # a size (h, w), e.g. `--set image_size=[352,480]`
+                v = changes[k] = tuple(v); ok = len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
             elif isinstance(old, tuple):   # a list from JSON (`--set backbone_train='["layer4"]'`) or one name
                 v = changes[k] = (v,) if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple)) else v
                 ok = isinstance(v, tuple) and all(isinstance(x, type(old[0]) if old else object) for x in v)
             else: ok = isinstance(v, type(old))
-            kind = 'a list of names' if isinstance(old, tuple) else _KINDS.get(type(old), 'a number')
+            kind = 'a list of names' if isinstance(old, tuple) else 'an integer or a pair (h, w)' if k in self._pairs() else _KINDS.get(type(old), 'a number')
             if not ok: raise ValueError(f'{self.paper} setting {k} must be {kind} like its default {old!r}, got {v!r}')
         return replace(self, **changes)
 
@@ -194,16 +208,17 @@ class MethodConfig:
         "The configuration a run stored in `config.json` (older names renamed, settings that no longer exist dropped)."
         names = {f.name for f in fields(cls)}
         d = {cls.renamed.get(k, k): v for k, v in d.items()}
-        tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)}      # JSON stores tuples as lists
+        tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)} | cls._pairs()   # JSON stores tuples as lists
         return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in d.items() if k in names})
 
     @classmethod
     def for_dataset(cls, name:str, # a dataset with a factory, a variant (e.g. `cocostuff27_vitb`) or `smoke`
-                    backbone:str|None=None, # a `usseg.backbones` name: picks the block tuned for its size, where one exists
+                    backbone=None, # a `usseg.backbones` name or a `Backbone`: picks the block tuned for its size, where one exists
                    ):
         "The factory for `name`."
+        arch = _arch(backbone)
         for (ds, prefix), factory in cls.variants.items():
-            if ds == name and backbone is not None and backbone_spec(backbone).arch.startswith(prefix): return getattr(cls, factory)()
+            if ds == name and arch is not None and arch.startswith(prefix): return getattr(cls, factory)()
         names = (*cls.factories, *dict.fromkeys(cls.variants.values()), 'smoke')
         if name not in names: raise ValueError(f"no {cls.paper} configuration for '{name}'{cls.note}; choose one of {', '.join(names)}")
         return getattr(cls, name)()
@@ -222,7 +237,7 @@ def frozen_backbone_only(why:str, # why the method's backbone cannot train, e.g.
 # %% ../../nbs/41_methods.base.ipynb #5ca7509f
 @patch(cls_method=True)
 def default_config(cls:SegTask, dataset:str, # dataset name
-                   backbone:str='dino_vits8', # backbone name (a paper may have a block per backbone size)
+                   backbone='dino_vits8', # backbone name or `Backbone` (a paper may have a block per backbone size)
                    smoke:bool=False, # the tiny CPU setting
                   ):
     "The method's configuration for `dataset` (the paper's where one exists; its fallback block for other images), or the smoke setting."

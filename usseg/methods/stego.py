@@ -144,6 +144,7 @@ def training_data(self:StegoMethod, dataset, # the training split, resized as tr
     "Items with a nearest-neighbour partner `img_pos`, from the run's neighbour file (computed on first use)."
     train = spec.get('train', {})
     name = knn_backbone_name(spec['backbone'], spec['weights'], spec.get('seed', 0))
+    if spec.get('backbone_class'): name = f"{spec['backbone']}-{self.backbone.fingerprint()}"   # a Backbone of your own: its weights
     res = spec.get('image_size') or dataset[0]['img'].shape[-1]
     path = compute_neighbours(dataset, self.backbone, name, res=res, device=train.get('device', 'auto'),
                               image_interp=spec.get('image_interp', 'bilinear'), verbose=train.get('progress') != 'none')
