@@ -86,7 +86,10 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
           eval_every:int=0, eval_images:int|None=None, # evaluate every N steps (0: at the end); at most N images
           save_every:int=500, num_workers:int=0, precision:str='fp32', progress:str='auto',
           train_split:str='train', eval_split:str='val', five_crop:bool|None=None, image_interp:str='bilinear',
-          dataset_kw:dict|None=None):
+          dataset_kw:dict|None=None,
+          cache_features:bool|str='auto', # train on backbone outputs computed once: True, False, or 'auto' (where allowed)
+          feature_cache:bool|str|Path|None=None, # where they live: None (memory), True (the usseg cache) or a folder
+         ):
     "Train `method` on `dataset` into the run directory `out`; returns the `Run`."
     M = get_method(method)
     smoke = smoke_mode() if smoke is None else smoke
@@ -110,6 +113,7 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
     task.spec = asdict(spec)
     data = task.training_data(train_ds, task.spec)
     dev = default_device(device)
+    data = task.cache_outputs(data, train_ds, cache_features, feature_cache, batch_size, dev, progress != 'none')
     learner = Learner(task, data, out, tcfg, eval_fn=_eval_fn(spec, eval_ds, dev, eval_images), sample_data=eval_ds)
     learner.fit(resume=resume)
     return Run(out, task, spec)
