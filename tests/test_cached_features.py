@@ -154,3 +154,16 @@ def test_eagle_on_a_cnn_reads_its_last_stages():
     assert task.cfg.in_dim == task.head.in_dim == 80 + 112
     assert torch.equal(task.keys(x), torch.cat(cnn.intermediate(x, 2), 1))
     assert torch.equal(read_backbone(cnn, x, {'k': ('tokens', 2)})['k'], task.keys(x))
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_cached_outputs_are_laid_out_as_the_backbone_lays_them_out(method, tmp_path):
+    "Same values in another memory layout can round differently downstream (EAGLE's eigenvectors amplify it): keep the layout."
+    task, items, ds = _task_and_data(tmp_path, method)
+    b = default_collate([items[i] for i in range(4)])
+    computed = task.outputs(b)
+    cached = task.cache_outputs(items, ds, True, batch_size=3)
+    read = task.outputs(default_collate([cached[i] for i in range(4)]))
+    for k, t in computed.items():
+        assert torch.equal(read[k], t), k
+        assert read[k].stride()[1:] == t.stride()[1:], (k, read[k].stride(), t.stride())

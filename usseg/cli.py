@@ -81,7 +81,9 @@ def _add_train(sub):
     p.add_argument('--steps', type=positive_int, default=None, help="optimiser steps (default: the method's)")
     p.add_argument('--batch-size', type=positive_int, default=None, help="global batch (default: the method's)")
     p.add_argument('--image-size', type=positive_int, default=None, help="training resolution (default: the method's)")
-    p.add_argument('--resume', action='store_true', help='continue the checkpoint in --out')
+    p.add_argument('--resume', action='store_true', help='continue the run in --out (a method in stages: at the unfinished stage)')
+    p.add_argument('--redo', action='append', default=[], metavar='STAGE',
+                   help='a method in stages: run STAGE again, and the stages after it (implies --resume)')
     p.add_argument('--smoke', action='store_true', help="the method's tiny CPU configuration")
     p.add_argument('--set', type=key_value, action='append', default=[], metavar='KEY=VALUE', help='override a setting of the method, e.g. --set dim=32')
     p.add_argument('--eval-every', type=int, default=0, help='evaluate every N steps (default: at the end only)')
@@ -94,7 +96,7 @@ def _add_train(sub):
 def cmd_train(a):
     from usseg.methods import train
     run = train(a.method, a.dataset, a.data_root, a.out, backbone=a.backbone, weights=a.weights, steps=a.steps,
-                batch_size=a.batch_size, image_size=a.image_size, device=a.device, seed=a.seed, resume=a.resume,
+                batch_size=a.batch_size, image_size=a.image_size, device=a.device, seed=a.seed, resume=a.resume, redo=a.redo,
                 smoke=a.smoke, config=dict(a.set) or None, eval_every=a.eval_every, eval_images=a.eval_images,
                 save_every=a.save_every, precision=a.precision, num_workers=a.num_workers, dataset_kw=_dataset_kw(a))
     print(f'run saved in {run.run_dir} (step {run.step}); evaluate it with: usseg evaluate {run.run_dir}')

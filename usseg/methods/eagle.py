@@ -20,7 +20,7 @@ from ..core import make_palette, show_grid
 from ..data.transforms import eagle_blur
 from ..losses.eagle import (eagle_correspondence_loss, eagle_total_loss, eicue, key_similarity,
                                 nce_schedule, object_contrastive_loss)
-from .base import MethodConfig, SegTask, read_backbone
+from .base import MethodConfig, SegTask, frozen_backbone_only, read_backbone
 from ..models.heads import ProjectionHead, StegoHead, flatten_pixels
 
 # %% ../../nbs/41d_methods.eagle.ipynb #74a156aa
@@ -69,6 +69,7 @@ class EagleConfig(MethodConfig):
     note: ClassVar[str] = ' (upstream ships COCO-Stuff and Cityscapes only)'
     renamed: ClassVar[dict] = {**MethodConfig.renamed, 'lr_eigen_cluster': 'eigen_cluster_lr', 'n_samples': 'feature_samples',
                                'pos_weight': 'pos_inter_weight', 'neg_weight': 'neg_inter_weight'}
+    fixed: ClassVar[dict] = {**MethodConfig.fixed, **frozen_backbone_only("EAGLE reads its backbone's keys without gradients")}
 
     def head_in_dim(self, backbone) -> int:
         "The keys of the last `n_blocks` blocks, concatenated: `n_blocks` x the ViT's width (a CNN: its last stages' channels)."

@@ -19,7 +19,7 @@ from torch import nn
 from ..data.transforms import MultiView, hp_photometric
 from ..losses.hp import (build_reference_pool, consistency_loss, hp_loss, lambda_schedule, lhp_attention,
                              propagate_code, renew_due)
-from .base import MethodConfig, SegTask
+from .base import MethodConfig, SegTask, frozen_backbone_only
 from ..learner.schedules import ema_update_
 from ..models.heads import ProjectionHead, StegoHead, flatten_pixels
 
@@ -56,6 +56,7 @@ class HpConfig(MethodConfig):
     factories: ClassVar[tuple] = ('cocostuff27', 'cityscapes27', 'potsdam3', 'synthetic')
     fallback: ClassVar[str] = 'cocostuff27'
     renamed: ClassVar[dict] = {**MethodConfig.renamed, 'proj_lr': 'projection_lr', 'alpha': 'consistency_weight'}
+    fixed: ClassVar[dict] = {**MethodConfig.fixed, **frozen_backbone_only("HP reads its backbone's features and attention without gradients")}
 
     def loss_kwargs(self) -> dict:
         "Keyword arguments of `hp_loss` fixed by the dataset (add `patches_per_image` and `lmbd`)."

@@ -7,6 +7,8 @@ __all__ = ['EVAL_SIZE', 'RunSpec', 'train', 'Run', 'load_run']
 
 # %% ../../nbs/41_methods.run.ipynb #9680d34c
 import json
+import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,12 +16,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastcore.basics import patch
+
+from .. import __version__
 from ..backbones import load_backbone
-from ..core import default_device, make_palette, show_grid, smoke_mode
+from ..core import atomic_write_text, default_device, make_palette, show_grid, smoke_mode
 from ..data import get_dataset
 from ..data.transforms import EvalTransform
 from ..evaluate import EvalResult, evaluate, predict_masks, read_image_tensor, save_predictions
-from ..learner import Learner, TrainConfig, isolated_rng, load_checkpoint, load_task_state
+from ..learner import Learner, TrainConfig, default_callbacks, isolated_rng, load_checkpoint, load_task_state
+from ..learner.stages import StageContext, read_stages, run_stages
 from . import get_method
 from .base import SegTask
 
@@ -64,15 +70,30 @@ def _eval_fn(spec:RunSpec, ds, device, max_images=None):
         return out
     return fn
 
-def _check_resume(run_dir:Path, spec:RunSpec):
-    "On resume, the stored run must be the same run."
-    cfg = run_dir/'config.json'
-    if not cfg.exists(): return
-    old = json.loads(cfg.read_text()).get('task', {}).get('spec', {})
-    for k in ('method', 'dataset', 'backbone', 'weights', 'image_size', 'seed'):
-        if k in old and old[k] != getattr(spec, k):
-            raise ValueError(f'--resume: {run_dir} was trained with {k}={old[k]!r}, not {getattr(spec, k)!r}; '
+def _check_resume(run_dir:Path, spec:RunSpec, cfg):
+    "On resume, the stored run must be the same run (the same backbone, frozen or trained, too)."
+    f = run_dir/'config.json'
+    if not f.exists(): return
+    old = json.loads(f.read_text()).get('task', {}).get('spec', {})
+    now = {k: getattr(spec, k) for k in ('method', 'dataset', 'backbone', 'weights', 'image_size', 'seed')}
+    now['freeze_backbone'] = cfg.freeze_backbone
+    old = {**old, 'freeze_backbone': old.get('config', {}).get('freeze_backbone', True)}
+    for k, v in now.items():
+        if k in old and old[k] != v:
+            raise ValueError(f'--resume: {run_dir} was trained with {k}={old[k]!r}, not {v!r}; '
                              'pass the same settings or choose a new --out')
+
+# %% ../../nbs/41_methods.run.ipynb #5e1f2a01
+def _fit(task:SegTask, data, run_dir:Path, resume:bool, trained=None, evaluate:bool=True, callbacks=(), **changes) -> Learner:
+    "Train `trained` (default: `task`) on `data` in `run_dir`, with the run's training settings (`changes` applied)."
+    o = task.run_options
+    tcfg = TrainConfig(**{**o['spec'].train, **changes})
+    trained = task if trained is None else trained
+    eval_fn = _eval_fn(o['spec'], o['eval_ds'], default_device(tcfg.device), o['eval_images']) if evaluate and isinstance(trained, SegTask) else None
+    learner = Learner(trained, data, run_dir, tcfg, eval_fn=eval_fn, sample_data=o['eval_ds'],
+                      callbacks=default_callbacks(tcfg) + o['callbacks'] + list(callbacks))
+    learner.fit(resume=resume)
+    return learner
 
 # %% ../../nbs/41_methods.run.ipynb #0d613cc2
 def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
@@ -81,17 +102,23 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
           backbone:str='dino_vits8', weights:str='pretrained',
           steps:int|None=None, batch_size:int|None=None, image_size:int|None=None, # default: the method's config
           eval_size:int|None=None, device:str='auto', seed:int=0, resume:bool=False,
+          redo:tuple|str=(), # a method in stages: run these stages again, and the stages after them (implies resume)
           smoke:bool|None=None, # the tiny CPU configuration (default: `smoke_mode()`)
           config:dict|None=None, # overrides of the method's configuration
           eval_every:int=0, eval_images:int|None=None, # evaluate every N steps (0: at the end); at most N images
           save_every:int=500, num_workers:int=0, precision:str='fp32', progress:str='auto',
           train_split:str='train', eval_split:str='val', five_crop:bool|None=None, image_interp:str='bilinear',
           dataset_kw:dict|None=None,
+          sync_bn:bool|None=None, # DDP on GPUs: synchronise the BatchNorm layers that train (default: when the backbone's do)
+          callbacks:list|None=None, # more `usseg.learner.Callback`s, after the default ones
           cache_features:bool|str='auto', # train on backbone outputs computed once: True, False, or 'auto' (where allowed)
           feature_cache:bool|str|Path|None=None, # where they live: None (memory), True (the usseg cache) or a folder
          ):
     "Train `method` on `dataset` into the run directory `out`; returns the `Run`."
     M = get_method(method)
+    redo = (redo,) if isinstance(redo, str) else tuple(redo or ())
+    if redo and len(M.stages) < 2: raise ValueError(f"--redo {', '.join(redo)}: {method} runs in one stage; use --resume to continue it")
+    resume = resume or bool(redo)
     smoke = smoke_mode() if smoke is None else smoke
     cfg = M.default_config(dataset, backbone, smoke)
     if config: cfg = cfg.override(config)                                # unknown keys are refused, with the list
@@ -101,21 +128,27 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
                    eval_size or EVAL_SIZE.get(dataset, image_size), train_split, eval_split, image_interp,
                    cfg.five_crop if five_crop is None else five_crop, seed, dict(dataset_kw or {}))
     out = Path(out)
-    if resume: _check_resume(out, spec)
+    if resume: _check_resume(out, spec, cfg)
+    elif len(M.stages) > 1 and read_stages(out) is not None:
+        raise FileExistsError(f'{out} already holds a run in stages: continue it with resume=True (--resume), or choose a new run directory')
     bb = load_backbone(backbone, weights=weights, seed=seed)
     if image_size % bb.patch_size: raise ValueError(f'--image-size {image_size} is not a multiple of the patch size {bb.patch_size}')
     train_ds, eval_ds = spec.split_dataset(train_split, train=True), spec.split_dataset(eval_split)
     with isolated_rng(seed): task = M.build(bb, train_ds.n_classes, cfg)   # the same seed, the same initial weights
+    trains = not cfg.freeze_backbone
+    if sync_bn is None: sync_bn = trains and cfg.backbone_bn and default_device(device).type == 'cuda'
     tcfg = TrainConfig(max_steps=steps, batch_size=batch_size, seed=seed, device=device, eval_every=eval_every,
                        save_every=save_every, num_workers=num_workers, precision=precision, progress=progress,
-                       clip_grad_norm=cfg.clip_grad_norm)   # the method's clipping (HP: 10)
+                       clip_grad_norm=cfg.clip_grad_norm,   # the method's clipping (HP: 10)
+                       find_unused_parameters=trains, sync_bn=sync_bn)   # a trained backbone: layers without a gradient in a step
     spec.config, spec.train = asdict(task.cfg), asdict(tcfg)
     task.spec = asdict(spec)
-    data = task.training_data(train_ds, task.spec)
-    dev = default_device(device)
-    data = task.cache_outputs(data, train_ds, cache_features, feature_cache, batch_size, dev, progress != 'none')
-    learner = Learner(task, data, out, tcfg, eval_fn=_eval_fn(spec, eval_ds, dev, eval_images), sample_data=eval_ds)
-    learner.fit(resume=resume)
+    task.run_options = dict(spec=spec, eval_ds=eval_ds, eval_images=eval_images, callbacks=list(callbacks or []))
+    if len(M.stages) > 1: _train_stages(task, spec, out, resume, redo)         # each stage in its own folder
+    else:
+        data = task.training_data(train_ds, task.spec)
+        data = task.cache_outputs(data, train_ds, cache_features, feature_cache, batch_size, default_device(device), progress != 'none')
+        _fit(task, data, out, resume)
     return Run(out, task, spec)
 
 # %% ../../nbs/41_methods.run.ipynb #3189c61d
@@ -144,7 +177,13 @@ class Run:
         return res
 
     @property
-    def step(self) -> int: return int(load_checkpoint(self.run_dir)['step'])
+    def checkpoint_dir(self) -> Path:
+        "The folder of the task's checkpoint: the run folder, or its last stage's for a method in stages."
+        stages = getattr(self.task, 'stages', ())
+        return self.run_dir/stages[-1] if len(stages) > 1 else self.run_dir
+
+    @property
+    def step(self) -> int: return int(load_checkpoint(self.checkpoint_dir)['step'])
 
     def assignment(self, split:str|None=None):
         "The cluster-to-class matching of the last saved evaluation on `split` (None if there is none)."
@@ -207,5 +246,47 @@ def load_run(run_dir:str|Path, # a folder written by `train`
     n_classes = cfg.n_classes
     task = M.build(bb, n_classes, cfg)
     task.spec = spec_d
-    load_task_state(task, run_dir)
-    return Run(run_dir, task.to(default_device(device)), spec)
+    run = Run(run_dir, task, spec)
+    load_task_state(task, run.checkpoint_dir)          # a method in stages: its last stage's checkpoint
+    task.to(default_device(device))
+    return run
+
+# %% ../../nbs/41_methods.run.ipynb #6a7b0c02
+_STAGE_TRAIN = ('max_steps', 'batch_size', 'seed', 'precision', 'clip_grad_norm', 'init_scale', 'growth_interval', 'shuffle')
+
+@patch
+def run_stage(self:SegTask, name:str, # one of `self.stages`
+              spec:RunSpec, # the run
+              ctx:StageContext, # the stage's folder, the earlier stages' outputs, whether it resumes
+             ) -> dict: # `{key: file in the run folder}`, e.g. `{'checkpoint': ctx.output('checkpoints/last.pt')}`
+    "Run stage `name` of the method (a method with `stages` implements this)."
+    raise NotImplementedError(f'{type(self).__name__} declares the stages {self.stages} but does not implement run_stage(name, spec, ctx)')
+
+@patch
+def stage_settings(self:SegTask, name:str, spec:RunSpec) -> dict:
+    "What decides stage `name`'s outputs, fingerprinted in `stages.json`: the run spec without its data folder, evaluation and cadence."
+    s = {k: v for k, v in asdict(spec).items() if k not in ('data_root', 'eval_split', 'eval_size')}
+    return {**s, 'train': {k: v for k, v in spec.train.items() if k in _STAGE_TRAIN}}
+
+@patch
+def fit_stage(self:SegTask, ctx:StageContext, # the stage (its folder; resumed or not)
+              data, # the training items
+              task=None, # the `usseg.learner.Task` to train (default: this method's task)
+              evaluate:bool=True, # evaluate it on the run's evaluation split (a `SegTask` only)
+              callbacks:list=(), # more callbacks, after the run's
+              **changes, # training settings that differ from the run's, e.g. `max_steps=200`
+             ) -> Learner:
+    "Train `task` in the stage's folder with the run's training settings, as `train` trains a method in one stage."
+    if not getattr(self, 'run_options', None):
+        raise RuntimeError('fit_stage trains a stage of a run: call it from run_stage, which usseg.methods.train calls')
+    return _fit(self, data, ctx.dir, ctx.resume, task, evaluate, callbacks, **changes)
+
+def _train_stages(task:SegTask, spec:RunSpec, out:Path, resume:bool, redo:tuple):
+    "Write the run's `config.json`, then run the method's stages (`usseg.learner.stages.run_stages`)."
+    if int(os.environ.get('RANK', 0)) == 0:
+        d = {'train': spec.train, 'task': {'class': type(task).__name__, **task.hparams()}, 'stages': list(task.stages),
+             'versions': {'usseg': __version__, 'torch': torch.__version__, 'python': sys.version.split()[0]}}
+        atomic_write_text(out/'config.json', json.dumps(d, indent=1, default=str))
+    fns = {n: (lambda ctx, n=n: task.run_stage(n, spec, ctx)) for n in task.stages}
+    return run_stages(out, fns, {n: task.stage_settings(n, spec) for n in task.stages}, resume=resume, redo=redo,
+                      device=spec.train['device'], verbose=spec.train['progress'] != 'none')

@@ -123,8 +123,8 @@ def after_step(self:SmooSegMethod, step:int):
 
 @patch
 def configure_optimizers(self:SmooSegMethod) -> dict:
-    "Upstream's Adam with two groups (projection lr1, prototypes lr2), and an Adam for our linear probe."
+    "Upstream's Adam with two groups (projection lr1, prototypes lr2), an Adam for our linear probe, and the backbone's when it trains."
     c = self.cfg
     return {'smooseg': torch.optim.Adam([{'params': self.projection.parameters(), 'lr': c.lr},
                                          {'params': self.predictor.parameters(), 'lr': c.prototype_lr}]),
-            'linear_probe': torch.optim.Adam(self.linear_probe.parameters(), lr=c.linear_lr)}
+            'linear_probe': torch.optim.Adam(self.linear_probe.parameters(), lr=c.linear_lr), **self.backbone_optimizer()}

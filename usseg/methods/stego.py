@@ -127,9 +127,9 @@ def fixed_views(self:StegoMethod) -> dict:
 
 @patch
 def configure_optimizers(self:StegoMethod) -> dict:
-    "Adam for the head (5e-4), the cluster probe (5e-3) and the linear probe (5e-3), as upstream."
+    "Adam for the head (5e-4), the cluster probe (5e-3) and the linear probe (5e-3), as upstream; the backbone's when it trains."
     return {'head': torch.optim.Adam(self.head.parameters(), lr=self.cfg.lr),
-            **self.probe_optimizers(self.cfg.cluster_lr, self.cfg.linear_lr)}
+            **self.probe_optimizers(self.cfg.cluster_lr, self.cfg.linear_lr), **self.backbone_optimizer()}
 
 # %% ../../nbs/41a_methods.stego.ipynb #0d0da816
 def knn_backbone_name(backbone:str, # a `load_backbone` name
