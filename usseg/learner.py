@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from . import __version__
 from .core import atomic_save, atomic_write_text, default_device, make_palette, save_figure, seed_worker, set_seed, show_grid
+from .core import reuse_freed_memory
 
 # %% ../nbs/40_learner.ipynb #ca4480f4
 PRECISIONS = ('fp32', 'bf16', 'fp16')
@@ -564,6 +565,7 @@ def setup(self:Learner, resume:bool=False):
     dev = default_device(cfg.device)
     self.device = torch.device('cuda', self.dist.local_rank) if dev.type == 'cuda' and self.dist.world_size > 1 else dev
     check_precision(cfg.precision, self.device)
+    if self.device.type == 'cpu': reuse_freed_memory()   # glibc: big blocks stay in the process between steps
     self.sampler = ResumableBatchSampler(len(self.train_data), cfg.batch_size, cfg.seed, cfg.shuffle,
                                          self.dist.rank, self.dist.world_size)
     ck = None
