@@ -39,21 +39,25 @@ What is timed, per method (COCO-Stuff settings, ViT-S/8 at 224 px: a 28x28 grid 
     its positive, which EAGLE's data sets to the image itself, and its blurred view), `CorrespondenceLoss`,
     `EigenLoss` (EiCue) twice, the two eigen cluster probes, the projection head and `newLocalGlobalInfoNCE`
     twice, combined as `train_segmentation_eigen.py::training_step` does after step 200.
-usseg's step also computes its cluster and linear probes on the detached code (labels of 1x1, all ignored: a few
-milliseconds); the reference side runs no probes. Optimiser steps and EMA updates are excluded on both sides,
-except HP's, which upstream performs inside the forward pass.
+usseg's training step also trains its cluster and linear probes on the detached code; the reference loss paths
+compared here hold no probes, so the usseg task's probes are switched off on the instance (`no_probes`). Optimiser
+steps and EMA updates are excluded on both sides, except HP's, which upstream performs inside the forward pass.
 
 The outputs are checked first: with dropout off on both sides (it draws its masks in a different order) and the
 same seed, the loss and the gradient of every trained weight are compared, and the largest difference recorded.
-Then each side is timed with dropout on, alternating which goes first, `--repeats` times after a warm-up, at each
-thread count. The ratio is reference time / usseg time (> 1: usseg is faster), per repeat and summarised as the
-median and the range of those paired ratios. glibc's allocator is part of the story (see BENCHMARKS.md): with
-`--malloc both` (the default) the whole comparison runs twice in child processes, once with glibc's defaults and
-once with `usseg.core.reuse_freed_memory()` (what `Learner.setup` does on a CPU), which affects both sides alike.
+Then each side is timed with dropout on, all sides in turn (the order reversed every other round), `--repeats` times
+after a warm-up, at each thread count. A ratio is reference time / usseg time (> 1: usseg is faster), taken per round
+from steps timed next to each other, and summarised as the median and the range of those paired ratios.
+glibc's allocator is part of the story (BENCHMARKS.md, issue 19): on a CPU each side runs under two malloc settings,
+switched before each step in the same process (class `Allocator`): glibc's own steady state, and what
+`usseg.core.reuse_freed_memory()` sets (as `Learner.setup` does on a CPU). Three ratios follow: both under glibc's
+defaults (the code alone, as the issue measured it), both reusing freed memory (the code alone, without page faults),
+and the reference under glibc's defaults against usseg reusing freed memory (what a user of each gets).
 Results: benchmarks/results/vs_reference_<device>.json (written atomically).
 """
 import argparse
 import contextlib
+import ctypes
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -61,7 +65,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -198,6 +201,35 @@ def no_weight_download():
     finally: torch.hub.load_state_dict_from_url, nn.Module.load_state_dict = hub, load
 
 
+# --------------------------------------------------------------------------------------------------------- allocator
+class Allocator:
+    """glibc's malloc settings, switched before each timed step so that both settings run interleaved in one process:
+    'glibc' is glibc's own steady state in a training loop (its dynamic mmap threshold has climbed to its 32 MiB cap
+    and the trim threshold to twice that: blocks over 32 MiB are mapped afresh at every allocation), 'reuse' what
+    `usseg.core.reuse_freed_memory` sets (every block from the heap, nothing trimmed), as `Learner.setup` does on a CPU."""
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+    def __init__(self):
+        try:
+            self.libc = ctypes.CDLL(None); self.libc.gnu_get_libc_version
+        except (OSError, AttributeError, TypeError): self.libc = None
+
+    @property
+    def available(self) -> bool: return self.libc is not None
+
+    def set(self, mode: str):
+        if self.libc is None or mode == 'as is': return
+        if mode == 'glibc': mmap, trim = 32*2**20, 64*2**20
+        elif mode == 'reuse':
+            from usseg import core
+            if not hasattr(core, 'reuse_freed_memory'): raise SystemExit('--malloc needs usseg.core.reuse_freed_memory (issue 19)')
+            core.reuse_freed_memory(); return
+        else: raise ValueError(mode)
+        self.libc.mallopt(self.M_MMAP_THRESHOLD, ctypes.c_int(mmap)); self.libc.mallopt(self.M_TRIM_THRESHOLD, ctypes.c_int(trim))
+
+
+ALLOC = Allocator()
+
 # ------------------------------------------------------------------------------------------------------------ inputs
 class Store:
     """Backbone outputs for `n` images, as a frozen DINO ViT-S/8 would give them: the tokens (class token first) of
@@ -281,6 +313,20 @@ class RefViT(nn.Module):
         return feats, attns, qkvs
 
 
+class _ZeroProbe(nn.Module):
+    "A linear probe that costs nothing: zero logits of one pixel (with labels of one ignored pixel, a zero loss)."
+    def __init__(self, k): super().__init__(); self.k = k
+    def forward(self, code): return code.new_zeros(code.shape[0], self.k, 1, 1)
+
+
+def no_probes(task):
+    "Switch usseg's probes off on this task instance: the reference loss paths compared here have none."
+    zero = lambda code, label: {'cluster_loss': code.new_zeros(()), 'linear_loss': code.new_zeros(())}
+    object.__setattr__(task, 'probe_losses', zero)                      # STEGO, HP, EAGLE: SegTask.probe_losses
+    task.linear_probe = _ZeroProbe(task.n_classes)                       # SmooSeg calls the linear probe itself
+    return task
+
+
 def set_dropout(modules, p):
     for m in modules:
         for mm in m.modules():
@@ -305,7 +351,9 @@ class Case:
     settings: str
     notes: list = field(default_factory=list)
     usseg_model: object = None       # the usseg task (bf16 / compile variants)
-    usseg_fn: object = None          # (batch dict, step) -> loss without backward (compile variant)
+    usseg_fn: object = None          # (batch dict, step) -> usseg's training_step output (variants)
+    usseg_value: object = None       # output dict -> the number compared with the reference's loss
+    step: int = 0
     usseg_batch: object = None
     diagnose: object = None          # () -> dict: per-component comparison where the totals can differ legitimately
 
@@ -314,10 +362,10 @@ def _grad_zero(params):
     for p in params: p.grad = None
 
 
-def stego_case(root, device, tmp):
+def stego_case(root, device, tmp, batch=None):
     M = get_method('stego')
     cfg = M.default_config('cocostuff27', 'dino_vits8')
-    B = cfg.batch_size
+    B = batch or cfg.batch_size
     store = Store(2*B, seed=1).to(device)
     with reference_import(Path(root)/'src') as stubbed, cuda_calls_stay_on(device), no_weight_download():
         mods = importlib.import_module('modules')
@@ -330,7 +378,7 @@ def stego_case(root, device, tmp):
         loss_fn = mods.ContrastiveCorrelationLoss(lcfg)
     net.model = RefViT(store)
     net.to(device).train()
-    task = M.build(StandInViT(store), cfg.n_classes, cfg).to(device).train()
+    task = no_probes(M.build(StandInViT(store), cfg.n_classes, cfg).to(device).train())
     h = task.head
     pairs = [('linear.weight', net.cluster1[0].weight, h.linear.weight), ('linear.bias', net.cluster1[0].bias, h.linear.bias),
              ('nonlinear.0.weight', net.cluster2[0].weight, h.nonlinear[0].weight), ('nonlinear.0.bias', net.cluster2[0].bias, h.nonlinear[0].bias),
@@ -356,13 +404,13 @@ def stego_case(root, device, tmp):
 
     return Case('stego', B, ref_step, usseg_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'StegoConfig.cocostuff27()'),
                 notes=[f'stubbed on import: {", ".join(stubbed) or "nothing"}'], usseg_model=task,
-                usseg_fn=lambda b, s: task.training_step(b, s)['loss'], usseg_batch=batch)
+                usseg_fn=task.training_step, usseg_batch=batch, usseg_value=lambda o: o['corr_loss'])
 
 
-def hp_case(root, device, tmp, batch=8, step=6000):
+def hp_case(root, device, tmp, batch=None, step=6000):
     M = get_method('hp')
     cfg = M.default_config('cocostuff27', 'dino_vits8')
-    B = batch
+    B = batch or cfg.batch_size
     store = Store(2*B, attention=True, seed=2, perturb=(0, B)).to(device)    # images B..2B-1: the augmented views
     opt = {'pretrained': {'dino_patch_size': PATCH, 'dino_feat_type': 'feat', 'model_type': 'vit_small', 'projection_type': 'nonlinear',
                           'pretrained_weights': None, 'dropout': True},
@@ -377,7 +425,7 @@ def hp_case(root, device, tmp, batch=8, step=6000):
     net.to(device).train()
     for m in (net.ema_model1, net.ema_model2): m.eval()
     project_head = nn.Linear(cfg.dim, cfg.dim).to(device)
-    task = M.build(StandInViT(store), cfg.n_classes, cfg).to(device).train()
+    task = no_probes(M.build(StandInViT(store), cfg.n_classes, cfg).to(device).train())
     h = task.head
     pairs = [('head.linear.weight', net.cluster1[0].weight, h.linear.weight), ('head.linear.bias', net.cluster1[0].bias, h.linear.bias),
              ('head.nonlinear.0.weight', net.cluster2[0].weight, h.nonlinear[0].weight), ('head.nonlinear.0.bias', net.cluster2[0].bias, h.nonlinear[0].bias),
@@ -434,13 +482,14 @@ def hp_case(root, device, tmp, batch=8, step=6000):
              "attention as probabilities (log taken), upstream as logits: the two agree to rounding, not to the bit",
              'upstream updates the EMA head inside the forward pass (timed); usseg in `after_step` (not timed)']
     return Case('hp', B, ref_step, usseg_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'HpConfig.cocostuff27()'),
-                notes=notes, usseg_model=task, usseg_fn=lambda b, s: task.training_step(b, s)['loss'], usseg_batch=batch)
+                notes=notes, usseg_model=task, usseg_fn=task.training_step, usseg_batch=batch, step=step,
+                usseg_value=lambda o: o['hp_loss'] + cfg.alpha*o['consistency'])
 
 
-def smooseg_case(root, device, tmp):
+def smooseg_case(root, device, tmp, batch=None):
     M = get_method('smooseg')
     cfg = M.default_config('cocostuff27', 'dino_vits8')
-    B = cfg.batch_size
+    B = batch or cfg.batch_size
     store = Store(B, seed=4).to(device)
     with reference_import(root) as stubbed, cuda_calls_stay_on(device), no_weight_download():
         mods = importlib.import_module('modules')
@@ -451,7 +500,7 @@ def smooseg_case(root, device, tmp):
         prediction = mods.Prediction(rcfg, K)
         energy = mods.Energy_minimization_loss(rcfg, K)
     projection.to(device).train(); prediction.to(device).train()
-    task = M.build(StandInViT(store), cfg.n_classes, cfg).to(device).train()
+    task = no_probes(M.build(StandInViT(store), cfg.n_classes, cfg).to(device).train())
     p = task.projection
     pairs = [('projection.linear.weight', projection.cluster1[0].weight, p.linear.weight), ('projection.linear.bias', projection.cluster1[0].bias, p.linear.bias),
              ('projection.nonlinear.0.weight', projection.cluster2[0].weight, p.nonlinear[0].weight),
@@ -487,13 +536,13 @@ def smooseg_case(root, device, tmp):
                 notes=[f'stubbed on import: {", ".join(stubbed) or "nothing"}',
                        "the reference's featurizer makes its features contiguous (B, C, h, w) (inside its no-grad backbone call, "
                        'timed here on its side); usseg passes the backbone\'s token layout on'],
-                usseg_model=task, usseg_fn=lambda b, s: task.training_step(b, s)['loss'], usseg_batch=batch)
+                usseg_model=task, usseg_fn=task.training_step, usseg_batch=batch, usseg_value=lambda o: o['energy'])
 
 
-def eagle_case(root, device, tmp, step=1000):
+def eagle_case(root, device, tmp, batch=None, step=1000):
     M = get_method('eagle')
     cfg = replace(M.default_config('cocostuff27', 'dino_vits8'), colour_space='upstream')   # upstream's colours: the same graph
-    B = cfg.batch_size
+    B = batch or cfg.batch_size
     store = Store(2*B, n_blocks=cfg.n_blocks, keys=True, seed=5, perturb=(0, B)).to(device)   # B..2B-1: the blurred views
     rcfg = SimpleNamespace(dino_patch_size=PATCH, dino_feat_type='KK', model_type='vit_small', projection_type='nonlinear',
                            pretrained_weights=None, dropout=True, dim=cfg.dim,
@@ -514,7 +563,7 @@ def eagle_case(root, device, tmp, step=1000):
     net.to(device).train()
     project_head = nn.Linear(cfg.dim, cfg.dim).to(device)
     probe_e.to(device); probe_e_aug.to(device)
-    task = M.build(StandInViT(store), cfg.n_classes, cfg).to(device).train()
+    task = no_probes(M.build(StandInViT(store), cfg.n_classes, cfg).to(device).train())
     h = task.head
     pairs = [('head.linear.weight', net.cluster1[0].weight, h.linear.weight), ('head.linear.bias', net.cluster1[0].bias, h.linear.bias),
              ('head.nonlinear.0.weight', net.cluster2[0].weight, h.nonlinear[0].weight), ('head.nonlinear.0.bias', net.cluster2[0].bias, h.nonlinear[0].bias),
@@ -562,51 +611,55 @@ def eagle_case(root, device, tmp, step=1000):
 
     @torch.no_grad()
     def diagnose():
-        "EAGLE's pieces one by one on the image (dropout off): where the two implementations part, and by how much."
-        from usseg.losses.eagle import eagle_correspondence_loss, eicue, key_similarity, object_contrastive_loss
+        "EAGLE's pieces one by one, for the image and for its blurred view (dropout off): where the two part, and by how much."
+        from usseg.losses.eagle import (code_affinity, colour_affinity, eagle_correspondence_loss, eicue, key_similarity,
+                                        normalized_laplacian, object_contrastive_loss, patch_colours)
         from usseg.models.heads import flatten_pixels
-        _, fkk, _, ckk = net(img)
-        kk = task.keys(img)
-        uf, uc = task.head(kk, return_feats=True)
-        g = F.normalize(torch.matmul(fkk.flatten(2).transpose(2, 1), fkk.flatten(2)), dim=1)
-        vec = eigen_loss(img, fkk.flatten(2).permute(0, 2, 1), ckk.flatten(2).permute(0, 2, 1), g, None, neg_sample=5)
-        vec = vec[:, :, 1:].reshape(B, GRID, GRID, -1).permute(0, 3, 1, 2)
-        uvec = eicue(uc, img, **task.cfg.eicue_kwargs()).vectors
-        lr_, lp = probe_e(vec, 1, log_probs=True)
-        lu_, up = task.eigen_probe(uvec, 1.0, log_probs=True)
-        torch.manual_seed(0); p1, _, n1, _ = corr(fkk, fkk, fkk, ckk, ckk, ckk)
-        torch.manual_seed(0); p2, n2 = eagle_correspondence_loss(uf, uf, uf, uc, uc, uc, **task.cfg.corr_kwargs())
-        z = F.normalize(project_head(ckk.permute(0, 2, 3, 1).reshape(-1, D)), dim=1)
-        uz = task.projection(flatten_pixels(uc))
-        lab = lp.argmax(1)
-        # the graphs themselves: upstream's Laplacian (its own methods, on its 28x28 colours) against usseg's
-        from usseg.losses.eagle import code_affinity, colour_affinity, normalized_laplacian, patch_colours
-        cf = ckk.flatten(2).permute(0, 2, 1)
-        lap_r = eigen_loss.laplacian(torch.bmm(cf, cf.transpose(1, 2)),
-                                     eigen_loss.color_affinity(F.interpolate(img, (GRID, GRID), mode='bilinear', align_corners=False).permute(0, 2, 3, 1)))
-        lap_u = normalized_laplacian(code_affinity(uc) + colour_affinity(patch_colours(img, (GRID, GRID), 'upstream'), task.cfg.sigma))
-        ev_r, ev_u = torch.linalg.eigvalsh(lap_r.double()), torch.linalg.eigvalsh(lap_u.double())
-        k = task.cfg.eigen_k
-        per_image = (vec - uvec).flatten(1).abs().amax(1)
-        return {'laplacian_max_abs_diff': (lap_r - lap_u).abs().max().item(),
-                'eigenvalues_max_abs_diff': (ev_r[:, :k] - ev_u[:, :k]).abs().max().item(),
-                'smallest_gap_between_kept_eigenvalues': (ev_r[:, 1:k + 1] - ev_r[:, :k]).min().item(),
-                'images_whose_eicue_vectors_differ_over_1e-3': int((per_image > 1e-3).sum()),
-                'code_bit_identical': bool(torch.equal(uc, ckk)), 'key_similarity_bit_identical': bool(torch.equal(g, key_similarity(kk))),
-                'correspondence_bit_identical': bool(torch.equal(p1.mean(), p2) and torch.equal(n1.mean(), n2)),
-                'eicue_vectors_max_abs_diff': (vec - uvec).abs().max().item(),
-                'eigen_probe_loss_abs_diff': abs(lr_.item() - lu_.item()),
-                'eicue_labels_differing': int((lp.argmax(1) != up.argmax(1)).sum()), 'pixels': lab.numel(),
-                'object_contrast_same_labels_bit_identical': bool(torch.equal(nce(z, z, lab, g),
-                                                                              object_contrastive_loss(uz, uz, lab, key_similarity(kk), **task.cfg.nce_kwargs())))}
+        out, views = {}, {}
+        for view, x, probe, uprobe in (('image', img, probe_e, task.eigen_probe), ('blurred', img_aug, probe_e_aug, task.eigen_probe_aug)):
+            _, fkk, _, ckk = net(x)
+            kk = task.keys(x)
+            uf, uc = task.head(kk, return_feats=True)
+            g = F.normalize(torch.matmul(fkk.flatten(2).transpose(2, 1), fkk.flatten(2)), dim=1)
+            vec = eigen_loss(img, fkk.flatten(2).permute(0, 2, 1), ckk.flatten(2).permute(0, 2, 1), g, None, neg_sample=5)
+            vec = vec[:, :, 1:].reshape(B, GRID, GRID, -1).permute(0, 3, 1, 2)
+            uvec = eicue(uc, img, **task.cfg.eicue_kwargs()).vectors            # both sides colour the graph with `img`
+            _, lp = probe(vec, 1, log_probs=True)
+            _, up = uprobe(uvec, 1.0, log_probs=True)
+            # the graphs themselves: upstream's Laplacian (its own methods, on its 28x28 colours) against usseg's
+            cf = ckk.flatten(2).permute(0, 2, 1)
+            lap_r = eigen_loss.laplacian(torch.bmm(cf, cf.transpose(1, 2)), eigen_loss.color_affinity(
+                F.interpolate(img, (GRID, GRID), mode='bilinear', align_corners=False).permute(0, 2, 3, 1)))
+            lap_u = normalized_laplacian(code_affinity(uc) + colour_affinity(patch_colours(img, (GRID, GRID), 'upstream'), task.cfg.sigma))
+            ev = torch.linalg.eigvalsh(lap_r.double())
+            k = task.cfg.eigen_k
+            per_image = (vec - uvec).flatten(1).abs().amax(1)
+            out[view] = {'code_bit_identical': bool(torch.equal(uc, ckk)), 'key_similarity_bit_identical': bool(torch.equal(g, key_similarity(kk))),
+                         'laplacian_max_abs_diff': (lap_r - lap_u).abs().max().item(),
+                         'eigenvalues_max_abs_diff': (ev[:, :k] - torch.linalg.eigvalsh(lap_u.double())[:, :k]).abs().max().item(),
+                         'smallest_gap_between_kept_eigenvalues': (ev[:, 1:k + 1] - ev[:, :k]).min().item(),
+                         'eicue_vectors_max_abs_diff': (vec - uvec).abs().max().item(),
+                         'images_whose_eicue_vectors_differ_over_1e-3': int((per_image > 1e-3).sum()),
+                         'eicue_labels_differing': int((lp.argmax(1) != up.argmax(1)).sum()), 'pixels': lp.argmax(1).numel()}
+            views[view] = (fkk, ckk, uf, uc, kk, g, lp.argmax(1))
+        (fkk, ckk, uf, uc, kk, g, lab), (fa, ca, ufa, uca, kka, ga, laba) = views['image'], views['blurred']
+        torch.manual_seed(0); p1, _, n1, _ = corr(fkk, fkk, fa, ckk, ckk, ca)
+        torch.manual_seed(0); p2, n2 = eagle_correspondence_loss(uf, uf, ufa, uc, uc, uca, **task.cfg.corr_kwargs())
+        z, za = (F.normalize(project_head(c.permute(0, 2, 3, 1).reshape(-1, D)), dim=1) for c in (ckk, ca))
+        uz, uza = task.projection(flatten_pixels(uc)), task.projection(flatten_pixels(uca))
+        out['correspondence_bit_identical'] = bool(torch.equal(p1.mean(), p2) and torch.equal(n1.mean(), n2))
+        out['object_contrast_with_upstream_labels_bit_identical'] = bool(
+            torch.equal(nce(z, za, lab, g), object_contrastive_loss(uz, uza, lab, key_similarity(kk), **task.cfg.nce_kwargs())) and
+            torch.equal(nce(za, z, laba, ga), object_contrastive_loss(uza, uz, laba, key_similarity(kka), **task.cfg.nce_kwargs())))
+        return out
 
     notes = [f'stubbed on import: {", ".join(stubbed) or "nothing"}', f'step {step}: u = {u}',
              "upstream's EiCue divides through an explicit inverse and matrix products, usseg elementwise: the eigenvectors agree "
              'to rounding, and a near-tie in the eigen-probe argmax can move a pixel to another object',
              "usseg runs with colour_space='upstream' (the normalised image / 255, as EAGLE); its default 'rgb' costs the same"]
     return Case('eagle', B, ref_step, usseg_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'EagleConfig.cocostuff27()'),
-                notes=notes, usseg_model=task, usseg_fn=lambda b, s: task.training_step(b, s)['loss'], usseg_batch=batch,
-                diagnose=diagnose)
+                notes=notes, usseg_model=task, usseg_fn=task.training_step, usseg_batch=batch, step=step,
+                usseg_value=lambda o: o['eagle'].detach(), diagnose=diagnose)
 
 
 CASES = {'stego': stego_case, 'hp': hp_case, 'smooseg': smooseg_case, 'eagle': eagle_case}
@@ -617,12 +670,18 @@ def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
 
-def check(case: Case, device, seed=0) -> dict:
+def check(case: Case, device, seed=0, variants=None) -> dict:
     "Dropout off on both sides, the same seed: the largest differences of the loss and of every gradient."
     set_dropout(case.modules, 0.0)
+    vout = {}
     try:
         torch.manual_seed(seed); lr = case.ref_step()
         gr = {n: r.grad.detach().clone() for n, r, _ in case.pairs}
+        for v, f in (variants or {}).items():              # usseg's bf16 / compiled step against the reference's fp32
+            torch.manual_seed(seed); lv = f()
+            rel = [((u.grad.float() - gr[n].float()).abs().max() / gr[n].float().abs().max().clamp_min(1e-30)).item()
+                   for n, _, u in case.pairs if u.grad is not None]
+            vout[v] = {'loss': lv.item(), 'loss_abs_diff': abs(lv.item() - lr.item()), 'grad_max_rel_diff': max(rel) if rel else None}
         torch.manual_seed(seed); lu = case.usseg_step()
         gu = {n: u.grad.detach().clone() if u.grad is not None else None for n, _, u in case.pairs}
     finally: set_dropout(case.modules, case.dropout)
@@ -637,66 +696,91 @@ def check(case: Case, device, seed=0) -> dict:
     out['grad_max_abs_diff'] = diffs
     out['grad_max_rel_diff'] = max(rel.values()) if rel else None
     out['grads_bit_identical'] = all(gu[n] is not None and torch.equal(gr[n], gu[n]) for n in gr)
+    if vout: out['variants'] = vout
     return out
 
 
-def variant_step(case: Case, variant: str):
-    "usseg's step as a user would run it on a GPU: 'bf16' under autocast, 'compile' through torch.compile."
-    task, batch, fn = case.usseg_model, case.usseg_batch, case.usseg_fn
-    if variant == 'bf16':
-        def step():
-            _grad_zero(task.parameters())
-            with torch.autocast('cuda', dtype=torch.bfloat16): loss = fn(batch, 10**6)
-            loss.backward(); return loss.detach()
-        return step
-    compiled = torch.compile(fn)
+def variant_step(case: Case, variant: str, device):
+    "usseg's step as a user would run it on a GPU: 'bf16' under autocast, 'compile' through torch.compile (fp32)."
+    task, batch, fn, step_no = case.usseg_model, case.usseg_batch, case.usseg_fn, case.step
+    run = torch.compile(fn) if variant == 'compile' else fn
     def step():
         _grad_zero(task.parameters())
-        loss = compiled(batch, 10**6); loss.backward(); return loss.detach()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == 'bf16'): out = run(batch, step_no)
+        out['loss'].backward()
+        return case.usseg_value(out)
     return step
 
 
-def time_pair(case: Case, device, repeats, warmup, extra=None) -> dict:
-    "Alternate reference and usseg (which goes first alternates too); each step timed on its own."
-    sides = {'reference': case.ref_step, 'usseg': case.usseg_step, **(extra or {})}
+def profile_sides(case: Case, device, sides, steps=1, top=12) -> dict:
+    """Where each side's step spends its time: minor page faults and kernel (system) CPU seconds per step, counted
+    apart, then `torch.profiler`'s operators by self time per step (dropout on, current thread count)."""
+    import resource
+    out = {}
+    for side, (mode, f) in sides.items():
+        ALLOC.set(mode)
+        f(); sync(device)
+        r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter()
+        for _ in range(steps): f()
+        sync(device)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(steps): f()
+            sync(device)
+        ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+        out[side] = {'wall_s_per_step': round((time.perf_counter() - t0)/steps, 4),
+                     'minor_page_faults_per_step': round((r1.ru_minflt - r0.ru_minflt)/steps),
+                     'system_cpu_s_per_step': round((r1.ru_stime - r0.ru_stime)/steps, 4),
+                     'user_cpu_s_per_step': round((r1.ru_utime - r0.ru_utime)/steps, 4),
+                     'top_ops_self_cpu_ms_per_step': {e.key: round(e.self_cpu_time_total/1e3/steps, 1) for e in ev}}
+    return out
+
+
+def time_sides(sides: dict, device, repeats, warmup) -> dict:
+    """Each side is `(allocator mode, step)`; all run in turn, the order reversed every other round, each step timed
+    on its own after its allocator setting is made (the setting itself is not timed)."""
     times = {k: [] for k in sides}
-    for k, f in sides.items():
+    for k, (mode, f) in sides.items():
+        ALLOC.set(mode)
         for _ in range(warmup): f(); sync(device)
     names = list(sides)
     for r in range(repeats):
         for k in (names if r % 2 == 0 else names[::-1]):
-            sync(device); t = time.perf_counter(); sides[k](); sync(device)
+            mode, f = sides[k]
+            ALLOC.set(mode); sync(device)
+            t = time.perf_counter(); f(); sync(device)
             times[k].append(time.perf_counter() - t)
     return times
 
 
-def summarise(times: dict) -> dict:
-    ref = times['reference']
-    out = {}
-    for k, ts in times.items():
-        out[k] = {'median_s': round(statistics.median(ts), 4), 'min_s': round(min(ts), 4), 'max_s': round(max(ts), 4),
-                  'times_s': [round(t, 4) for t in ts]}
-    for k in times:
-        if k == 'reference': continue
-        ratios = [a/b for a, b in zip(ref, times[k])]
-        out[f'ratio_reference_over_{k}'] = {'median': round(statistics.median(ratios), 3), 'min': round(min(ratios), 3),
-                                            'max': round(max(ratios), 3),
-                                            'of_medians': round(statistics.median(ref)/statistics.median(times[k]), 3)}
+def ratio(a: list, b: list) -> dict:
+    "Paired ratios a[i] / b[i] of steps timed next to each other: their median and range."
+    rs = [x/y for x, y in zip(a, b)]
+    return {'median': round(statistics.median(rs), 3), 'min': round(min(rs), 3), 'max': round(max(rs), 3),
+            'of_medians': round(statistics.median(a)/statistics.median(b), 3)}
+
+
+def summarise(times: dict, pairs: dict) -> dict:
+    out = {k: {'median_s': round(statistics.median(ts), 4), 'min_s': round(min(ts), 4), 'max_s': round(max(ts), 4),
+               'times_s': [round(t, 4) for t in ts]} for k, ts in times.items()}
+    for name, (a, b) in pairs.items(): out[name] = ratio(times[a], times[b])
     return out
 
 
-def run_method(method, root, device, threads, repeats, warmup, variants, tmp, **case_kw) -> dict:
-    with cuda_calls_stay_on(device): return _run_method(method, root, device, threads, repeats, warmup, variants, tmp, **case_kw)
+def run_method(method, root, device, threads, repeats, warmup, variants, tmp, profile=False, malloc='as is', **case_kw) -> dict:
+    with cuda_calls_stay_on(device): return _run_method(method, root, device, threads, repeats, warmup, variants, tmp, profile, malloc, **case_kw)
 
 
-def _run_method(method, root, device, threads, repeats, warmup, variants, tmp, **case_kw) -> dict:
+def _run_method(method, root, device, threads, repeats, warmup, variants, tmp, profile, malloc, **case_kw) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(0)                                  # both sides' initial weights come from here: reproducible runs
     case = CASES[method](root, device, tmp, **case_kw)
     res = {'method': method, 'batch': case.batch, 'settings': case.settings, 'reference': f'{REPO_DIRS[method]} at {root}',
            'reference_commit_expected': COMMITS[method], 'notes': case.notes, 'by_threads': {}}
+    extra = {f'usseg_{v}': variant_step(case, v, device) for v in variants.get(method, [])}
     with single_thread_inverse():
-        res['check'] = check(case, device)
+        res['check'] = check(case, device, variants=extra)
         if case.diagnose is not None:
             set_dropout(case.modules, 0.0)
             try: res['check']['components'] = case.diagnose()
@@ -705,67 +789,61 @@ def _run_method(method, root, device, threads, repeats, warmup, variants, tmp, *
         print(f"[{method}] check: loss {res['check']['loss_reference']:.6g} vs {res['check']['loss_usseg']:.6g} "
               f"(bit-identical: {res['check']['loss_bit_identical']}), grads bit-identical: {res['check']['grads_bit_identical']}, "
               f"max rel diff {res['check']['grad_max_rel_diff']}", flush=True)
-        extra = {f'usseg_{v}': variant_step(case, v) for v in variants}
-        if extra:
-            res['variant_check'] = {}
-            for v, f in extra.items():
-                torch.manual_seed(0); res['variant_check'][v] = {'loss': f().item()}
+        sides, pairs = {}, {}
+        modes = {'both': ['glibc', 'reuse'], 'glibc': ['glibc'], 'reuse': ['reuse'], 'as is': ['as is']}[malloc]
+        for mode in modes:
+            sfx = '' if mode in ('glibc', 'as is') else '_reuse'
+            sides[f'reference{sfx}'] = (mode, case.ref_step)
+            sides[f'usseg{sfx}'] = (mode, case.usseg_step)
+            pairs[f'ratio_reference{sfx}_over_usseg{sfx}'] = (f'reference{sfx}', f'usseg{sfx}')
+        if len(modes) == 2: pairs['ratio_reference_over_usseg_reuse'] = ('reference', 'usseg_reuse')   # what users of each get
+        for v, f in extra.items():
+            sides[v] = (modes[-1], f)
+            pairs[f'ratio_reference_over_{v}'] = ('reference' if 'reference' in sides else 'reference_reuse', v)
+        if profile:
+            torch.set_num_threads(threads[0])
+            res['profile'] = profile_sides(case, device, {k: v for k, v in sides.items() if not k.startswith('usseg_') or k == 'usseg_reuse'})
+            for side, pr in res['profile'].items():
+                print(f"[{method}] profile {side} ({threads[0]} thread): {pr['wall_s_per_step']} s/step, {pr['minor_page_faults_per_step']} page faults "
+                      f"and {pr['system_cpu_s_per_step']} s system time per step; top ops (ms/step): "
+                      + ', '.join(f'{k} {v}' for k, v in list(pr['top_ops_self_cpu_ms_per_step'].items())[:6]), flush=True)
         for n in threads if repeats > 0 else []:
             torch.set_num_threads(n)
             la = [round(x, 2) for x in os.getloadavg()]
-            times = time_pair(case, device, repeats, warmup, extra)
-            s = summarise(times)
+            times = time_sides(sides, device, repeats, warmup)
+            s = summarise(times, pairs)
             s['load_average_before'] = la
             s['load_average_after'] = [round(x, 2) for x in os.getloadavg()]
             res['by_threads'][str(n)] = s
-            r = s['ratio_reference_over_usseg']
-            print(f"[{method}] {n} thread(s): reference {s['reference']['median_s']:.3f} s, usseg {s['usseg']['median_s']:.3f} s, "
-                  f"ratio {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}], load {la}", flush=True)
+            print(f"[{method}] {n} thread(s), load {la}: " + '; '.join(f"{k} {s[k]['median_s']:.3f} s" for k in sides) + ' | '
+                  + '; '.join(f"{k[len('ratio_'):]} {s[k]['median']:.3f} [{s[k]['min']:.3f}, {s[k]['max']:.3f}]" for k in pairs), flush=True)
     res['seconds_total'] = round(time.perf_counter() - t0, 1)
     return res
 
 
-def reuse_freed_memory_or_fail():
-    from usseg import core
-    f = getattr(core, 'reuse_freed_memory', None)
-    if f is None: raise SystemExit('--malloc usseg needs usseg.core.reuse_freed_memory (added with issue 19)')
-    return f()
-
-
 # ---------------------------------------------------------------------------------------------------------- markdown
 def markdown(d: dict) -> str:
-    "The BENCHMARKS.md table from a results JSON."
-    runs = d['runs'] if 'runs' in d else {d.get('malloc', 'glibc'): d}
-    lines = ['| method (batch) | threads | allocator | reference s/step | usseg s/step | ratio ref/usseg (range) | load avg | outputs |',
-             '|---|---|---|---|---|---|---|---|']
-    for mode, run in runs.items():
-        for m in run.get('methods', []):
-            if 'skipped' in m or 'error' in m: continue
-            c = m['check']
-            eq = 'bit-identical' if c['loss_bit_identical'] and c['grads_bit_identical'] else \
-                 f"loss Δ {c['loss_abs_diff']:.1e}, grad rel Δ {c['grad_max_rel_diff']:.1e}"
-            for n, s in m['by_threads'].items():
-                r = s['ratio_reference_over_usseg']
-                lines.append(f"| {m['method']} ({m['batch']}) | {n} | {mode} | {s['reference']['median_s']:.3f} | {s['usseg']['median_s']:.3f} | "
-                             f"**{r['median']:.2f}** ({r['min']:.2f}-{r['max']:.2f}) | {s['load_average_before'][0]:.2f} | {eq} |")
-                for k in s:
-                    if k.startswith('ratio_reference_over_usseg_'):
-                        v = k[len('ratio_reference_over_'):]
-                        rv = s[k]
-                        lines.append(f"| {m['method']} ({m['batch']}) | {n} | {mode} | {s['reference']['median_s']:.3f} | {s[v]['median_s']:.3f} ({v}) | "
-                                     f"**{rv['median']:.2f}** ({rv['min']:.2f}-{rv['max']:.2f}) | {s['load_average_before'][0]:.2f} | |")
-    if 'glibc' in runs and 'usseg' in runs:
-        lines += ['', 'Across the two runs (what a user switching gets: the reference under glibc\'s defaults, usseg with '
-                  '`reuse_freed_memory`, as its `Learner` sets it on a CPU; medians of separate runs, not interleaved):', '',
-                  '| method | threads | reference (glibc) s/step | usseg (reuse_freed_memory) s/step | ratio |', '|---|---|---|---|---|']
-        by = {m['method']: m for m in runs['usseg'].get('methods', []) if 'by_threads' in m}
-        for m in runs['glibc'].get('methods', []):
-            if 'by_threads' not in m or m['method'] not in by: continue
-            for n, s in m['by_threads'].items():
-                su = by[m['method']]['by_threads'].get(n)
-                if su is None: continue
-                lines.append(f"| {m['method']} | {n} | {s['reference']['median_s']:.3f} | {su['usseg']['median_s']:.3f} | "
-                             f"**{s['reference']['median_s']/su['usseg']['median_s']:.2f}** |")
+    "The BENCHMARKS.md table from a results JSON: one row per method and thread count, each ratio with its range."
+    cols = [('ratio_reference_over_usseg', 'glibc defaults, both'), ('ratio_reference_reuse_over_usseg_reuse', 'reuse_freed_memory, both'),
+            ('ratio_reference_over_usseg_reuse', 'reference (glibc) / usseg (reuse)')]
+    rows = [m for m in d.get('methods', []) if 'by_threads' in m and m['by_threads']]
+    present = [(k, t) for k, t in cols if any(k in s for m in rows for s in m['by_threads'].values())]
+    extra = sorted({k for m in rows for s in m['by_threads'].values() for k in s
+                    if k.startswith('ratio_reference') and k not in dict(cols)})
+    head = ['method (batch)', 'threads', 'reference s/step', 'usseg s/step'] + [f'ratio: {t}' for _, t in present] \
+           + [k[len('ratio_'):].replace('_over_', ' / ') for k in extra] + ['load avg', 'outputs (dropout off, same seed)']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|'*len(head)]
+    for m in rows:
+        c = m['check']
+        eq = ('loss bit-identical' if c['loss_bit_identical'] else f"loss Δ {c['loss_abs_diff']:.1e}") + \
+             (', gradients bit-identical' if c['grads_bit_identical'] else f", gradients rel. Δ {c['grad_max_rel_diff']:.1e}")
+        for n, s in m['by_threads'].items():
+            ref = s.get('reference', s.get('reference_reuse'))
+            us = s.get('usseg', s.get('usseg_reuse'))
+            cells = [f"{m['method']} ({m['batch']})", n, f"{ref['median_s']:.3f}", f"{us['median_s']:.3f}"]
+            cells += [f"**{s[k]['median']:.2f}** ({s[k]['min']:.2f}-{s[k]['max']:.2f})" if k in s else '' for k, _ in present + [(e, '') for e in extra]]
+            cells += [f"{s['load_average_before'][0]:.1f}-{s['load_average_after'][0]:.1f}", eq]
+            lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -779,14 +857,16 @@ def resolve_roots(a) -> dict:
 
 
 def run_all(a) -> dict:
+    global GRID
+    GRID = a.grid
     device = torch.device(a.device)
-    if a.malloc == 'usseg': applied = reuse_freed_memory_or_fail()
-    else: applied = False
     roots = resolve_roots(a)
-    variants = ['bf16', 'compile'] if device.type == 'cuda' and not a.no_variants else []
+    variants = {m: [v for v in a.variants if v != 'compile' or m in a.compile_methods] for m in a.methods}
     out = {'benchmark': 'usseg vs reference implementations: training step (head + loss), forward and backward',
-           'device': str(device), 'malloc': a.malloc, 'reuse_freed_memory_applied': applied, 'threads': a.threads_list,
-           'repeats': a.repeats, 'warmup': a.warmup, 'cpu': cpu_model(), 'machine': machine(), 'methods': []}
+           'device': str(device), 'gpu': torch.cuda.get_device_name() if device.type == 'cuda' else None,
+           'malloc': a.malloc, 'threads': a.threads_list,
+           'repeats': a.repeats or 'default (5; HP and EAGLE 3)', 'warmup': a.warmup, 'grid': GRID, 'cpu': cpu_model(),
+           'machine': machine(), 'methods': []}
     with tempfile.TemporaryDirectory() as tmp:
         for m in a.methods:
             root = roots[m]
@@ -796,8 +876,10 @@ def run_all(a) -> dict:
                 print(f'[{m}] skipped: {msg}', flush=True)
                 out['methods'].append({'method': m, 'skipped': msg}); continue
             try:
-                out['methods'].append(run_method(m, root, device, a.threads_list, 0 if a.check_only else a.repeats or (3 if m in ('hp', 'eagle') else 5),
-                                                 a.warmup, variants, Path(tmp), **({'batch': a.hp_batch or (64 if device.type == 'cuda' else 8)} if m == 'hp' else {})))
+                batch = a.batch or ((a.hp_batch or (64 if device.type == 'cuda' else 8)) if m == 'hp' else None)
+                repeats = 0 if a.check_only else a.repeats or (3 if m in ('hp', 'eagle') else 5)
+                out['methods'].append(run_method(m, root, device, a.threads_list, repeats, a.warmup, variants, Path(tmp), a.profile,
+                                                 a.malloc, batch=batch))
             except Exception as e:                      # one broken method must not lose the others' figures
                 import traceback; traceback.print_exc()
                 out['methods'].append({'method': m, 'error': f'{type(e).__name__}: {e}'})
@@ -811,18 +893,33 @@ def main(argv=None):
     for m in METHODS: p.add_argument(f'--ref-{m}', help=f'path of the {REPO_DIRS[m]} checkout (overrides --ref-root)')
     p.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     p.add_argument('--device', default='cpu')
-    p.add_argument('--threads', dest='threads_list', nargs='+', type=int, default=[1, 2])
+    p.add_argument('--threads', dest='threads_list', nargs='+', type=int, default=None,
+                   help='torch CPU threads, one timing each (default: 1 2 on a CPU; the current count on a GPU)')
     p.add_argument('--repeats', type=int, default=0, help='timed steps per side (default: 5; HP and EAGLE 3)')
     p.add_argument('--check-only', action='store_true', help='compare the outputs, time nothing')
+    p.add_argument('--profile', action='store_true', help="also profile each side's step: page faults, system time, top operators")
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--hp-batch', type=int, default=0, help="HP's batch (default: the paper's 64 on a GPU, 8 on a CPU, where 64 runs out of memory)")
-    p.add_argument('--malloc', choices=['glibc', 'usseg', 'both'], default='both',
-                   help="glibc: the allocator's defaults; usseg: usseg.core.reuse_freed_memory() first; both: one child run of each")
-    p.add_argument('--no-variants', action='store_true', help='CUDA: skip the usseg bf16 and torch.compile variants')
+    p.add_argument('--batch', type=int, default=0, help="every method's batch (default: the paper's; HP: --hp-batch)")
+    p.add_argument('--grid', type=int, default=28, help='patch grid (28: 224 px with patch 8; EAGLE upstream accepts only 28 or 14)')
+    p.add_argument('--malloc', choices=['both', 'glibc', 'reuse', 'as is'], default=None,
+                   help="glibc's settings each step runs under (class Allocator): glibc (its steady state), reuse "
+                        "(usseg.core.reuse_freed_memory), both (each side under each, interleaved: the default on a CPU with glibc), "
+                        "'as is' (untouched: the default on a GPU)")
+    p.add_argument('--variants', nargs='*', choices=['bf16', 'compile'], default=None,
+                   help="usseg's step also under bf16 autocast and torch.compile, against the reference's fp32 (default: both on a GPU)")
+    p.add_argument('--compile-methods', nargs='*', default=['stego', 'smooseg'], choices=METHODS,
+                   help="methods whose usseg step gets the torch.compile variant (HP's per-image loop and EAGLE's per-object medoids "
+                        'recompile for every batch; default: stego smooseg)')
     p.add_argument('--out', default=None, help='JSON path (default benchmarks/results/vs_reference_<device>.json)')
     p.add_argument('--markdown', nargs='?', const='', default=None, metavar='JSON',
                    help='print the BENCHMARKS.md table of a results file (default: the one for --device) and exit')
     a = p.parse_args(argv)
+    cuda = torch.device(a.device).type == 'cuda'
+    a.threads_list = a.threads_list or ([torch.get_num_threads()] if cuda else [1, 2])
+    a.malloc = a.malloc or ('both' if not cuda and ALLOC.available else 'as is')
+    if a.malloc != 'as is' and not ALLOC.available: p.error(f'--malloc {a.malloc} needs glibc (this C library is not)')
+    a.variants = (['bf16', 'compile'] if cuda else []) if a.variants is None else a.variants
     out_path = Path(a.out) if a.out else RESULTS/f'vs_reference_{torch.device(a.device).type}.json'
     if a.markdown is not None:
         src = Path(a.markdown) if a.markdown else out_path
@@ -833,33 +930,10 @@ def main(argv=None):
               'MICV-yonsei/EAGLE at the commits in shared/reference/methods_stego_family.md and pass --ref-root DIR '
               '(or --ref-stego PATH, ...).')
         return
-    if a.malloc == 'both':
-        runs = {}
-        for mode in ('glibc', 'usseg'):
-            with tempfile.TemporaryDirectory() as d:
-                child = Path(d)/'run.json'
-                args = [x for x in (argv if argv is not None else sys.argv[1:])]
-                args = _drop_option(_drop_option(args, '--malloc'), '--out') + ['--malloc', mode, '--out', str(child)]
-                print(f'== allocator: {mode}', flush=True)
-                r = subprocess.run([sys.executable, __file__, *args])
-                runs[mode] = json.loads(child.read_text()) if child.exists() else {'error': f'child exited {r.returncode}'}
-        result = {'benchmark': 'usseg vs reference implementations (both allocator settings)', 'runs': runs}
-    else:
-        result = run_all(a)
+    result = run_all(a)
     atomic_write_text(out_path, json.dumps(result, indent=1) + '\n')
     print(f'wrote {out_path}')
     print(markdown(result))
-
-
-def _drop_option(args, name):
-    "argv without `name` and its value."
-    out, skip = [], False
-    for x in args:
-        if skip: skip = False; continue
-        if x == name: skip = True; continue
-        if x.startswith(name + '='): continue
-        out.append(x)
-    return out
 
 
 if __name__ == '__main__':
