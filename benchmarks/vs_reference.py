@@ -48,11 +48,12 @@ same seed, the loss and the gradient of every trained weight are compared, and t
 Then each side is timed with dropout on, all sides in turn (the order reversed every other round), `--repeats` times
 after a warm-up, at each thread count. A ratio is reference time / usseg time (> 1: usseg is faster), taken per round
 from steps timed next to each other, and summarised as the median and the range of those paired ratios.
-glibc's allocator is part of the story (BENCHMARKS.md, issue 19): on a CPU each side runs under two malloc settings,
-switched before each step in the same process (class `Allocator`): glibc's own steady state, and what
-`usseg.core.reuse_freed_memory()` sets (as `Learner.setup` does on a CPU). Three ratios follow: both under glibc's
-defaults (the code alone, as the issue measured it), both reusing freed memory (the code alone, without page faults),
-and the reference under glibc's defaults against usseg reusing freed memory (what a user of each gets).
+glibc's allocator is part of the story (BENCHMARKS.md, issue 19): on a CPU each method's case is built in two worker
+processes from the same seed, one under the C library's malloc defaults, one after `usseg.core.reuse_freed_memory()`
+(what `Learner.setup` does on a CPU); the parent asks them for one step at a time, so the four sides interleave in
+time while each process keeps its own allocator state. Three ratios follow: both under glibc's defaults (the code
+alone, as the issue measured it), both reusing freed memory (the code alone, without page faults), and the reference
+under glibc's defaults against usseg reusing freed memory (what a user of each gets).
 Results: benchmarks/results/vs_reference_<device>.json (written atomically).
 """
 import argparse
@@ -65,6 +66,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -202,33 +204,11 @@ def no_weight_download():
 
 
 # --------------------------------------------------------------------------------------------------------- allocator
-class Allocator:
-    """glibc's malloc settings, switched before each timed step so that both settings run interleaved in one process:
-    'glibc' is glibc's own steady state in a training loop (its dynamic mmap threshold has climbed to its 32 MiB cap
-    and the trim threshold to twice that: blocks over 32 MiB are mapped afresh at every allocation), 'reuse' what
-    `usseg.core.reuse_freed_memory` sets (every block from the heap, nothing trimmed), as `Learner.setup` does on a CPU."""
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+def have_glibc() -> bool:
+    "Whether this process runs on glibc (whose malloc settings `usseg.core.reuse_freed_memory` changes)."
+    try: ctypes.CDLL(None).gnu_get_libc_version; return True
+    except (OSError, AttributeError, TypeError): return False
 
-    def __init__(self):
-        try:
-            self.libc = ctypes.CDLL(None); self.libc.gnu_get_libc_version
-        except (OSError, AttributeError, TypeError): self.libc = None
-
-    @property
-    def available(self) -> bool: return self.libc is not None
-
-    def set(self, mode: str):
-        if self.libc is None or mode == 'as is': return
-        if mode == 'glibc': mmap, trim = 32*2**20, 64*2**20
-        elif mode == 'reuse':
-            from usseg import core
-            if not hasattr(core, 'reuse_freed_memory'): raise SystemExit('--malloc needs usseg.core.reuse_freed_memory (issue 19)')
-            core.reuse_freed_memory(); return
-        else: raise ValueError(mode)
-        self.libc.mallopt(self.M_MMAP_THRESHOLD, ctypes.c_int(mmap)); self.libc.mallopt(self.M_TRIM_THRESHOLD, ctypes.c_int(trim))
-
-
-ALLOC = Allocator()
 
 # ------------------------------------------------------------------------------------------------------------ inputs
 class Store:
@@ -712,13 +692,12 @@ def variant_step(case: Case, variant: str, device):
     return step
 
 
-def profile_sides(case: Case, device, sides, steps=1, top=12) -> dict:
+def profile_sides(sides: dict, device, steps=1, top=12) -> dict:
     """Where each side's step spends its time: minor page faults and kernel (system) CPU seconds per step, counted
     apart, then `torch.profiler`'s operators by self time per step (dropout on, current thread count)."""
     import resource
     out = {}
-    for side, (mode, f) in sides.items():
-        ALLOC.set(mode)
+    for side, f in sides.items():
         f(); sync(device)
         r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter()
         for _ in range(steps): f()
@@ -737,20 +716,15 @@ def profile_sides(case: Case, device, sides, steps=1, top=12) -> dict:
     return out
 
 
-def time_sides(sides: dict, device, repeats, warmup) -> dict:
-    """Each side is `(allocator mode, step)`; all run in turn, the order reversed every other round, each step timed
-    on its own after its allocator setting is made (the setting itself is not timed)."""
+def time_sides(sides: dict, repeats, warmup) -> dict:
+    """Each side is a callable that runs one step and returns its seconds; all run in turn, the order reversed every
+    other round (the sides of both malloc settings live in two processes, so their steps interleave in time)."""
     times = {k: [] for k in sides}
-    for k, (mode, f) in sides.items():
-        ALLOC.set(mode)
-        for _ in range(warmup): f(); sync(device)
+    for f in sides.values():
+        for _ in range(warmup): f()
     names = list(sides)
     for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            mode, f = sides[k]
-            ALLOC.set(mode); sync(device)
-            t = time.perf_counter(); f(); sync(device)
-            times[k].append(time.perf_counter() - t)
+        for k in (names if r % 2 == 0 else names[::-1]): times[k].append(sides[k]())
     return times
 
 
@@ -768,55 +742,124 @@ def summarise(times: dict, pairs: dict) -> dict:
     return out
 
 
-def run_method(method, root, device, threads, repeats, warmup, variants, tmp, profile=False, malloc='as is', **case_kw) -> dict:
-    with cuda_calls_stay_on(device): return _run_method(method, root, device, threads, repeats, warmup, variants, tmp, profile, malloc, **case_kw)
+class Worker:
+    """A child process holding one method's case (both sides, built from the same seed in every worker) under one
+    malloc setting: 'glibc' leaves the C library's defaults alone, 'reuse' calls `usseg.core.reuse_freed_memory()`
+    first. The parent sends it JSON commands; a step is timed inside the worker, around the step alone."""
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.proc = subprocess.Popen([sys.executable, __file__, '--worker', json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def ask(self, op: str, **kw):
+        self.proc.stdin.write(json.dumps({'op': op, **kw}) + '\n'); self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line: raise RuntimeError(f"the {self.spec['malloc']} worker for {self.spec['method']} died (exit {self.proc.wait()})")
+        r = json.loads(line)
+        if 'error' in r: raise RuntimeError(f"{self.spec['malloc']} worker: {r['error']}")
+        return r['result']
+
+    def close(self):
+        try:
+            if self.proc.poll() is None: self.ask('quit')
+        except Exception: pass
+        try: self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired: self.proc.kill()
 
 
-def _run_method(method, root, device, threads, repeats, warmup, variants, tmp, profile, malloc, **case_kw) -> dict:
+def worker_main(spec: dict):
+    "The worker's loop (`--worker SPEC`): build the case, then answer info / check / profile / step / rss / quit."
+    reply_to = os.fdopen(os.dup(1), 'w', buffering=1)
+    os.dup2(2, 1)                                          # anything else printed goes to stderr, not into the protocol
+    if spec['malloc'] == 'reuse':
+        from usseg import core
+        if not hasattr(core, 'reuse_freed_memory'): raise SystemExit('--malloc reuse needs usseg.core.reuse_freed_memory (issue 19)')
+        core.reuse_freed_memory()
+    global GRID
+    GRID = spec['grid']
+    device = torch.device(spec['device'])
+    method = spec['method']
+    with cuda_calls_stay_on(device), single_thread_inverse(), tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)                              # both sides' initial weights come from here: the same in every worker
+        case = CASES[method](Path(spec['root']), device, Path(tmp), batch=spec['batch'])
+        extra = {f'usseg_{v}': variant_step(case, v, device) for v in spec['variants']}
+        steps = {'reference': case.ref_step, 'usseg': case.usseg_step, **extra}
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            try:
+                if cmd['op'] == 'quit': reply_to.write(json.dumps({'result': None}) + '\n'); break
+                if 'threads' in cmd: torch.set_num_threads(cmd['threads'])
+                if cmd['op'] == 'info': r = {'batch': case.batch, 'settings': case.settings, 'notes': case.notes}
+                elif cmd['op'] == 'check':
+                    r = check(case, device, variants=extra)
+                    if case.diagnose is not None:
+                        set_dropout(case.modules, 0.0)
+                        try: r['components'] = case.diagnose()
+                        finally: set_dropout(case.modules, case.dropout)
+                elif cmd['op'] == 'profile': r = profile_sides({'reference': case.ref_step, 'usseg': case.usseg_step}, device)
+                elif cmd['op'] == 'step':
+                    f = steps[cmd['side']]
+                    sync(device); t = time.perf_counter(); f(); sync(device)
+                    r = time.perf_counter() - t
+                elif cmd['op'] == 'rss':
+                    import resource
+                    r = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20, 2)
+                else: raise ValueError(f"unknown op {cmd['op']}")
+                reply_to.write(json.dumps({'result': r}) + '\n')
+            except Exception as e:
+                import traceback
+                reply_to.write(json.dumps({'error': f'{type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}'}) + '\n')
+
+
+def run_method(method, root, device, threads, repeats, warmup, variants, profile=False, malloc='glibc', batch=None, grid=28) -> dict:
+    "One method: the check in the first worker, then profiles and interleaved timings across the workers."
     t0 = time.perf_counter()
-    torch.manual_seed(0)                                  # both sides' initial weights come from here: reproducible runs
-    case = CASES[method](root, device, tmp, **case_kw)
-    res = {'method': method, 'batch': case.batch, 'settings': case.settings, 'reference': f'{REPO_DIRS[method]} at {root}',
-           'reference_commit_expected': COMMITS[method], 'notes': case.notes, 'by_threads': {}}
-    extra = {f'usseg_{v}': variant_step(case, v, device) for v in variants.get(method, [])}
-    with single_thread_inverse():
-        res['check'] = check(case, device, variants=extra)
-        if case.diagnose is not None:
-            set_dropout(case.modules, 0.0)
-            try: res['check']['components'] = case.diagnose()
-            finally: set_dropout(case.modules, case.dropout)
-            print(f'[{method}] components: {res["check"]["components"]}', flush=True)
+    modes = ['glibc', 'reuse'] if malloc == 'both' else [malloc]
+    workers = {}
+    try:
+        for i, mode in enumerate(modes):                 # variants run in the last worker (usseg's own setting on a CPU)
+            workers[mode] = Worker({'method': method, 'root': str(root), 'device': str(device), 'malloc': mode, 'grid': grid,
+                                    'batch': batch, 'variants': variants.get(method, []) if i == len(modes) - 1 else []})
+        first = workers[modes[0]]
+        info = first.ask('info')
+        res = {'method': method, 'batch': info['batch'], 'settings': info['settings'], 'reference': f'{REPO_DIRS[method]} at {root}',
+               'reference_commit_expected': COMMITS[method], 'notes': info['notes'], 'malloc_settings': modes, 'by_threads': {}}
+        res['check'] = first.ask('check', threads=threads[0])
+        if 'components' in res['check']: print(f'[{method}] components: {res["check"]["components"]}', flush=True)
         print(f"[{method}] check: loss {res['check']['loss_reference']:.6g} vs {res['check']['loss_usseg']:.6g} "
               f"(bit-identical: {res['check']['loss_bit_identical']}), grads bit-identical: {res['check']['grads_bit_identical']}, "
               f"max rel diff {res['check']['grad_max_rel_diff']}", flush=True)
         sides, pairs = {}, {}
-        modes = {'both': ['glibc', 'reuse'], 'glibc': ['glibc'], 'reuse': ['reuse'], 'as is': ['as is']}[malloc]
         for mode in modes:
-            sfx = '' if mode in ('glibc', 'as is') else '_reuse'
-            sides[f'reference{sfx}'] = (mode, case.ref_step)
-            sides[f'usseg{sfx}'] = (mode, case.usseg_step)
+            sfx = '_reuse' if mode == 'reuse' and len(modes) == 2 else ''
+            for side in ('reference', 'usseg'): sides[side + sfx] = (workers[mode], side)
             pairs[f'ratio_reference{sfx}_over_usseg{sfx}'] = (f'reference{sfx}', f'usseg{sfx}')
         if len(modes) == 2: pairs['ratio_reference_over_usseg_reuse'] = ('reference', 'usseg_reuse')   # what users of each get
-        for v, f in extra.items():
-            sides[v] = (modes[-1], f)
-            pairs[f'ratio_reference_over_{v}'] = ('reference' if 'reference' in sides else 'reference_reuse', v)
+        for v in variants.get(method, []):
+            sides[f'usseg_{v}'] = (workers[modes[-1]], f'usseg_{v}')
+            pairs[f'ratio_reference_over_usseg_{v}'] = (next(iter(sides)), f'usseg_{v}')
         if profile:
-            torch.set_num_threads(threads[0])
-            res['profile'] = profile_sides(case, device, {k: v for k, v in sides.items() if not k.startswith('usseg_') or k == 'usseg_reuse'})
-            for side, pr in res['profile'].items():
-                print(f"[{method}] profile {side} ({threads[0]} thread): {pr['wall_s_per_step']} s/step, {pr['minor_page_faults_per_step']} page faults "
-                      f"and {pr['system_cpu_s_per_step']} s system time per step; top ops (ms/step): "
-                      + ', '.join(f'{k} {v}' for k, v in list(pr['top_ops_self_cpu_ms_per_step'].items())[:6]), flush=True)
+            res['profile'] = {}
+            for mode in modes:
+                sfx = '_reuse' if mode == 'reuse' and len(modes) == 2 else ''
+                for side, pr in workers[mode].ask('profile', threads=threads[0]).items():
+                    res['profile'][side + sfx] = pr
+                    print(f"[{method}] profile {side + sfx} ({threads[0]} thread): {pr['wall_s_per_step']} s/step, {pr['minor_page_faults_per_step']} "
+                          f"page faults and {pr['system_cpu_s_per_step']} s system time per step; top ops (ms/step): "
+                          + ', '.join(f'{k} {v}' for k, v in list(pr['top_ops_self_cpu_ms_per_step'].items())[:6]), flush=True)
         for n in threads if repeats > 0 else []:
-            torch.set_num_threads(n)
             la = [round(x, 2) for x in os.getloadavg()]
-            times = time_sides(sides, device, repeats, warmup)
+            calls = {k: (lambda w=w, side=side, n=n: w.ask('step', side=side, threads=n)) for k, (w, side) in sides.items()}
+            times = time_sides(calls, repeats, warmup)
             s = summarise(times, pairs)
             s['load_average_before'] = la
             s['load_average_after'] = [round(x, 2) for x in os.getloadavg()]
             res['by_threads'][str(n)] = s
             print(f"[{method}] {n} thread(s), load {la}: " + '; '.join(f"{k} {s[k]['median_s']:.3f} s" for k in sides) + ' | '
                   + '; '.join(f"{k[len('ratio_'):]} {s[k]['median']:.3f} [{s[k]['min']:.3f}, {s[k]['max']:.3f}]" for k in pairs), flush=True)
+        res['peak_rss_gib'] = {mode: w.ask('rss') for mode, w in workers.items()}
+    finally:
+        for w in workers.values(): w.close()
     res['seconds_total'] = round(time.perf_counter() - t0, 1)
     return res
 
@@ -857,32 +900,29 @@ def resolve_roots(a) -> dict:
 
 
 def run_all(a) -> dict:
-    global GRID
-    GRID = a.grid
     device = torch.device(a.device)
     roots = resolve_roots(a)
     variants = {m: [v for v in a.variants if v != 'compile' or m in a.compile_methods] for m in a.methods}
     out = {'benchmark': 'usseg vs reference implementations: training step (head + loss), forward and backward',
            'device': str(device), 'gpu': torch.cuda.get_device_name() if device.type == 'cuda' else None,
            'malloc': a.malloc, 'threads': a.threads_list,
-           'repeats': a.repeats or 'default (5; HP and EAGLE 3)', 'warmup': a.warmup, 'grid': GRID, 'cpu': cpu_model(),
+           'repeats': a.repeats or 'default (5; HP and EAGLE 3)', 'warmup': a.warmup, 'grid': a.grid, 'cpu': cpu_model(),
            'machine': machine(), 'methods': []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for m in a.methods:
-            root = roots[m]
-            if root is None or not root.is_dir():
-                msg = (f'no reference checkout for {m}: pass --ref-root DIR (with {REPO_DIRS[m]}/ in it) or --ref-{m} PATH'
-                       if root is None else f'{root} is not a folder: give the path of a {REPO_DIRS[m]} checkout')
-                print(f'[{m}] skipped: {msg}', flush=True)
-                out['methods'].append({'method': m, 'skipped': msg}); continue
-            try:
-                batch = a.batch or ((a.hp_batch or (64 if device.type == 'cuda' else 8)) if m == 'hp' else None)
-                repeats = 0 if a.check_only else a.repeats or (3 if m in ('hp', 'eagle') else 5)
-                out['methods'].append(run_method(m, root, device, a.threads_list, repeats, a.warmup, variants, Path(tmp), a.profile,
-                                                 a.malloc, batch=batch))
-            except Exception as e:                      # one broken method must not lose the others' figures
-                import traceback; traceback.print_exc()
-                out['methods'].append({'method': m, 'error': f'{type(e).__name__}: {e}'})
+    for m in a.methods:
+        root = roots[m]
+        if root is None or not root.is_dir():
+            msg = (f'no reference checkout for {m}: pass --ref-root DIR (with {REPO_DIRS[m]}/ in it) or --ref-{m} PATH'
+                   if root is None else f'{root} is not a folder: give the path of a {REPO_DIRS[m]} checkout')
+            print(f'[{m}] skipped: {msg}', flush=True)
+            out['methods'].append({'method': m, 'skipped': msg}); continue
+        try:
+            batch = a.batch or ((a.hp_batch or (64 if device.type == 'cuda' else 8)) if m == 'hp' else None)
+            repeats = 0 if a.check_only else a.repeats or (3 if m in ('hp', 'eagle') else 5)
+            out['methods'].append(run_method(m, root, device, a.threads_list, repeats, a.warmup, variants, a.profile,
+                                             a.malloc, batch=batch, grid=a.grid))
+        except Exception as e:                      # one broken method must not lose the others' figures
+            import traceback; traceback.print_exc()
+            out['methods'].append({'method': m, 'error': f'{type(e).__name__}: {e}'})
     out['machine_after'] = machine()
     return out
 
@@ -902,10 +942,11 @@ def main(argv=None):
     p.add_argument('--hp-batch', type=int, default=0, help="HP's batch (default: the paper's 64 on a GPU, 8 on a CPU, where 64 runs out of memory)")
     p.add_argument('--batch', type=int, default=0, help="every method's batch (default: the paper's; HP: --hp-batch)")
     p.add_argument('--grid', type=int, default=28, help='patch grid (28: 224 px with patch 8; EAGLE upstream accepts only 28 or 14)')
-    p.add_argument('--malloc', choices=['both', 'glibc', 'reuse', 'as is'], default=None,
-                   help="glibc's settings each step runs under (class Allocator): glibc (its steady state), reuse "
-                        "(usseg.core.reuse_freed_memory), both (each side under each, interleaved: the default on a CPU with glibc), "
-                        "'as is' (untouched: the default on a GPU)")
+    p.add_argument('--malloc', choices=['both', 'glibc', 'reuse'], default=None,
+                   help="the malloc settings the steps run under, one worker process each: glibc (the C library's defaults, "
+                        "untouched), reuse (usseg.core.reuse_freed_memory), both (two workers, steps interleaved: the default on "
+                        "a CPU with glibc; elsewhere glibc)")
+    p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     p.add_argument('--variants', nargs='*', choices=['bf16', 'compile'], default=None,
                    help="usseg's step also under bf16 autocast and torch.compile, against the reference's fp32 (default: both on a GPU)")
     p.add_argument('--compile-methods', nargs='*', default=['stego', 'smooseg'], choices=METHODS,
@@ -917,8 +958,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     cuda = torch.device(a.device).type == 'cuda'
     a.threads_list = a.threads_list or ([torch.get_num_threads()] if cuda else [1, 2])
-    a.malloc = a.malloc or ('both' if not cuda and ALLOC.available else 'as is')
-    if a.malloc != 'as is' and not ALLOC.available: p.error(f'--malloc {a.malloc} needs glibc (this C library is not)')
+    if a.worker: return worker_main(json.loads(a.worker))
+    a.malloc = a.malloc or ('both' if not cuda and have_glibc() else 'glibc')
+    if a.malloc != 'glibc' and not have_glibc(): p.error(f'--malloc {a.malloc} needs glibc (this C library is not)')
     a.variants = (['bf16', 'compile'] if cuda else []) if a.variants is None else a.variants
     out_path = Path(a.out) if a.out else RESULTS/f'vs_reference_{torch.device(a.device).type}.json'
     if a.markdown is not None:
