@@ -62,7 +62,7 @@ def measure(method, device, precision, batch, size, steps, warmup):
         task.pool_step.fill_(0)
     with tempfile.TemporaryDirectory() as d:
         tcfg = TrainConfig(max_steps=10**6, batch_size=batch, precision=precision, device=str(device), progress='none', n_samples=0,
-                           clip_grad_norm=getattr(cfg, 'grad_norm', None))
+                           clip_grad_norm=getattr(cfg, 'clip_grad_norm', getattr(cfg, 'grad_norm', None)))   # HP: 10 (the field was grad_norm before the configs moved to usseg.methods)
         learner = Learner(task, data, d, tcfg).setup()
         keys = {'stego': ('img', 'img_pos', 'label'), 'hp': ('img', 'img_aug', 'label'),
                 'eagle': ('img', 'img_aug', 'label')}.get(method, ('img', 'label'))   # EAGLE: img_aug stands in for the blurred view

@@ -13,6 +13,7 @@ Wall and process CPU seconds are both recorded, with the machine and the load av
 machine the wall time of multi-threaded tiny kernels can be many times the CPU time (use `--threads 1`).
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -24,9 +25,10 @@ import torch.nn.functional as F
 
 import usseg  # noqa: F401
 from usseg.core import atomic_write_text
-from usseg.losses.hp import HpConfig, consistency_loss, hp_loss, lhp_attention, propagate_code
-from usseg.losses.stego import StegoConfig, stego_loss
-from usseg.models.heads import ProjectionHead, StegoHead, ema_copy, ema_update, flatten_pixels
+from usseg.losses.hp import consistency_loss, hp_loss, lhp_attention, propagate_code
+from usseg.losses.stego import stego_loss
+from usseg.learner.schedules import ema_update_
+from usseg.models.heads import ProjectionHead, StegoHead, flatten_pixels
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import cpu_model  # noqa: E402
@@ -69,7 +71,7 @@ def stego_step(batch, grid, repeats):
 def hp_step(batch, grid, repeats):
     cfg = HpConfig.cocostuff27()
     head, proj = StegoHead(cfg.in_dim, cfg.dim).train(), ProjectionHead(cfg.dim)
-    ema = ema_copy(head)
+    ema = copy.deepcopy(head).requires_grad_(False)
     drop = torch.nn.Dropout2d(cfg.dropout)
     N = grid * grid
     feats, feats_aug = torch.randn(batch, cfg.in_dim, grid, grid), torch.randn(batch, cfg.in_dim, grid, grid)
@@ -85,9 +87,9 @@ def hp_step(batch, grid, repeats):
         z_aug = proj(flatten_pixels(head(feats_aug)))
         loss, _ = hp_loss(z, F.normalize(flatten_pixels(f), dim=1).detach(), F.normalize(flatten_pixels(code_ema), dim=1),
                           pool_ag, pool_sp, z_lhp=z_lhp, patches_per_image=N, lmbd=0.5, **cfg.loss_kwargs())
-        loss = loss + cfg.alpha * consistency_loss(z, z_aug)
+        loss = loss + cfg.consistency_weight * consistency_loss(z, z_aug)
         head.zero_grad(); proj.zero_grad(); loss.backward()
-        ema_update(ema, head, cfg.ema_m)
+        ema_update_(ema, head, cfg.ema_m)
     ts, cs = timed(step, repeats)
     return {'config': 'HpConfig.cocostuff27()', 'in_dim': cfg.in_dim, 'dim': cfg.dim, 'wall_s': [round(t, 3) for t in ts],
             'mean_wall_s': round(sum(ts) / len(ts), 3), 'mean_cpu_s': round(sum(cs) / len(cs), 3)}

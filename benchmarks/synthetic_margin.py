@@ -22,7 +22,7 @@ With `--offline-probe` it also fits a linear probe to convergence (L-BFGS on sam
 procedure for every input) on the frozen features, on the keys (with `--keys-baseline`) and on the trained code,
 and scores it on the val split like the method's own linear probe: how much of its input's linearly readable
 information the code keeps, free of how long the in-training probe was trained.
-The method's settings are `Config.synthetic()` (`usseg.losses.*`) plus any `--set KEY=VALUE`; the scene settings
+The method's settings are `Config.synthetic()` (`usseg.methods.*`) plus any `--set KEY=VALUE`; the scene settings
 default to the ones the settings were tuned for (96 px, 200 images per split, 8 classes).
 Any method in the registry works (`--method smooseg`, ...) once it has a synthetic setting.
 """

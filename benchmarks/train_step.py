@@ -24,10 +24,12 @@ from torch import nn
 import usseg  # noqa: F401  (compat shim before timm)
 import timm
 from usseg.core import atomic_write_text, default_device, set_seed
-from usseg.learner import Learner, ProbeTask, TrainConfig
+from usseg.learner import Learner, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]/'tests'))
 from _common import time_train_steps  # noqa: E402
+from helpers import ProbeTask  # noqa: E402  (test scaffolding: tests/helpers.py)
 
 
 class ViTFeatures(nn.Module):

@@ -446,7 +446,7 @@ def hp_case(root, device, tmp, batch=None, step=6000):
         s_pr = F.normalize(flat(out[2]), dim=1)
         l_sup = supcon(z, modeloutput_s_pr=s_pr, modeloutput_f=f, Pool_ag=ref_pool_ag, Pool_sp=ref_pool_sp,
                        opt=full_opt, lmbd=lmbd, modeloutput_z_mix=z_mix)
-        loss = l_sup + consistency*cfg.alpha
+        loss = l_sup + consistency*cfg.consistency_weight
         loss.backward()
         return loss.detach()
 
@@ -454,7 +454,7 @@ def hp_case(root, device, tmp, batch=None, step=6000):
         _grad_zero(task.parameters())
         out = task.training_step(batch, step)
         out['loss'].backward()
-        return out['hp_loss'] + cfg.alpha*out['consistency']
+        return out['hp_loss'] + cfg.consistency_weight*out['consistency']
 
     notes = [f'stubbed on import: {", ".join(stubbed) or "nothing"}',
              f'batch {B} (the paper: {cfg.batch_size}); step {step}: lambda = {lmbd:.4f}',
@@ -463,7 +463,7 @@ def hp_case(root, device, tmp, batch=None, step=6000):
              'upstream updates the EMA head inside the forward pass (timed); usseg in `after_step` (not timed)']
     return Case('hp', B, ref_step, usseg_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'HpConfig.cocostuff27()'),
                 notes=notes, usseg_model=task, usseg_fn=task.training_step, usseg_batch=batch, step=step,
-                usseg_value=lambda o: o['hp_loss'] + cfg.alpha*o['consistency'])
+                usseg_value=lambda o: o['hp_loss'] + cfg.consistency_weight*o['consistency'])
 
 
 def smooseg_case(root, device, tmp, batch=None):
@@ -473,8 +473,8 @@ def smooseg_case(root, device, tmp, batch=None):
     store = Store(B, seed=4).to(device)
     with reference_import(root) as stubbed, cuda_calls_stay_on(device), no_weight_download():
         mods = importlib.import_module('modules')
-        rcfg = SimpleNamespace(dim=cfg.dim, n_feats=C, projection_type='nonlinear', dropout=True, alpha=cfg.alpha,
-                               pointwise=cfg.pointwise, pos_intra_shift=cfg.b_intra, neg_inter_shift=cfg.b_inter)
+        rcfg = SimpleNamespace(dim=cfg.dim, n_feats=C, projection_type='nonlinear', dropout=True, alpha=cfg.ema_m,
+                               pointwise=cfg.pointwise, pos_intra_shift=cfg.pos_intra_shift, neg_inter_shift=cfg.neg_inter_shift)
         K = cfg.n_classes + cfg.extra_clusters
         projection = mods.Projection(rcfg)
         prediction = mods.Prediction(rcfg, K)
@@ -526,7 +526,7 @@ def eagle_case(root, device, tmp, batch=None, step=1000):
     store = Store(2*B, n_blocks=cfg.n_blocks, keys=True, seed=5, perturb=(0, B)).to(device)   # B..2B-1: the blurred views
     rcfg = SimpleNamespace(dino_patch_size=PATCH, dino_feat_type='KK', model_type='vit_small', projection_type='nonlinear',
                            pretrained_weights=None, dropout=True, dim=cfg.dim,
-                           neg_samples=cfg.neg_samples, feature_samples=cfg.n_samples, pointwise=cfg.pointwise, zero_clamp=cfg.zero_clamp,
+                           neg_samples=cfg.neg_samples, feature_samples=cfg.feature_samples, pointwise=cfg.pointwise, zero_clamp=cfg.zero_clamp,
                            stabalize=cfg.stabilize, shift_bias=cfg.shift_bias, shift_value=cfg.shift_value,
                            eigen_cluster=cfg.eigen_k, dataset_name='cocostuff27', centroid_mode='prototype',
                            contrastive_temp=cfg.tau, global_loss_weight=cfg.gamma, extra_clusters=cfg.extra_clusters)
@@ -578,7 +578,7 @@ def eagle_case(root, device, tmp, batch=None, step=1000):
         l_e_aug, lab_aug = eigen(feats_aug_kk, code_aug_kk, probe_e_aug)
         local = nce(z_pos, z_aug, lab, g_pos)
         local_aug = nce(z_aug, z_pos, lab_aug, g_aug)
-        loss = ((l_e_aug + l_e)/2 + (cfg.pos_weight*pos + cfg.neg_weight*neg)*cfg.correspondence_weight*(1.0 - u)
+        loss = ((l_e_aug + l_e)/2 + (cfg.pos_inter_weight*pos + cfg.neg_inter_weight*neg)*cfg.correspondence_weight*(1.0 - u)
                 + (cfg.nce_weight*local + cfg.nce_aug_weight*local_aug)*u)
         loss.backward()
         return loss.detach()

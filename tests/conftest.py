@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ sys.path.insert(0, str(ROOT/'tools'))
 sys.path.insert(0, str(ROOT/'tests'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('MPLBACKEND', 'Agg')
+# caches, neighbour files and weights the tests write go to a throw-away home, not the user's ~/.cache/usseg
+os.environ.setdefault('USSEG_HOME', tempfile.mkdtemp(prefix='usseg-test-home-'))
 
 
 @pytest.fixture(scope='session')

@@ -30,6 +30,19 @@ def find_chromium() -> str | None:
     return None
 
 
+#: Text (outside code, pre and scripts) around each backtick that rendered as a literal character.
+STRAY_BACKTICKS_JS = """() => {
+  const root = document.querySelector('main') || document.body, out = [];
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {acceptNode: n =>
+    n.parentElement.closest('code, pre, script, style, math') ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const t = n.textContent, i = t.indexOf('`');
+    if (i >= 0) out.push(t.slice(Math.max(0, i - 40), i + 40).replace(/\\s+/g, ' '));
+  }
+  return out;
+}"""
+
+
 @dataclass
 class PageReport:
     url: str
@@ -104,6 +117,10 @@ def check_site(folder: str | Path, screenshots: str | Path | None = None, chromi
             rep.n_math = page.eval_on_selector_all('math', 'els => els.length')
             body_text = page.inner_text('main') if page.query_selector('main') else page.inner_text('body')
             if '$$' in body_text: rep.problems.append('raw $$ TeX left in the page (formula not converted)')
+            # markdown left unrendered: a backtick in the text outside code means a code span was cut open, e.g. by
+            # a `|` inside a table cell (write `\\|` there)
+            stray = page.evaluate(STRAY_BACKTICKS_JS)
+            rep.problems += [f'stray backtick (markdown not rendered; a | inside a table cell?): ...{t}...' for t in stray]
             if screenshots:
                 Path(screenshots).mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(Path(screenshots)/f'{f.stem}.png'), full_page=False)

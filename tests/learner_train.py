@@ -16,7 +16,9 @@ import torch
 import usseg  # noqa: F401  (compat shim first)
 from usseg.core import set_seed
 from usseg.data.synthetic import SyntheticScenes
-from usseg.learner import Callback, Learner, ProbeTask, ProgressBar, TinyFeatures, TrainConfig
+from usseg.learner import Callback, Learner, ProgressBar, TrainConfig
+
+from helpers import ProbeTask, TinyFeatures  # tests/helpers.py: this script's folder is on sys.path
 
 
 class Augmented(torch.utils.data.Dataset):
@@ -51,6 +53,8 @@ def main(argv=None):
     p.add_argument('--clip', type=float, default=1.0)
     p.add_argument('--delay', type=float, default=0.0, help='seconds to sleep after each step')
     p.add_argument('--resume', action='store_true')
+    p.add_argument('--unused', action='store_true', help='add a trainable layer that no loss reads (DDP needs find_unused_parameters)')
+    p.add_argument('--find-unused', action='store_true', help='TrainConfig(find_unused_parameters=True)')
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     set_seed(0)
@@ -58,9 +62,10 @@ def main(argv=None):
     val = SyntheticScenes('val', n_images=8, size=32, n_classes=5)
     task = ProbeTask(TinyFeatures(16), n_feats=16, n_classes=5, dim=8, head=a.head, dropout=a.dropout,
                      ema_decay=0.9, warmup=5, total=a.steps)
+    if a.unused: task.spare = torch.nn.Linear(2, 2)
     cfg = TrainConfig(max_steps=a.steps, batch_size=a.batch_size, seed=0, clip_grad_norm=a.clip, num_workers=a.num_workers,
                       device='cpu', log_every=a.log_every, eval_every=a.eval_every, save_every=a.save_every, n_samples=0,
-                      progress='lines')
+                      progress='lines', find_unused_parameters=a.find_unused)
     cbs = [ProgressBar('lines')] + ([Delay(a.delay)] if a.delay else [])
     Learner(task, train, a.run_dir, cfg, eval_fn=lambda t, step: t.evaluate(val), callbacks=cbs).fit(resume=a.resume)
 

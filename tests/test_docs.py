@@ -53,3 +53,16 @@ def test_math_becomes_mathml():
     from build_docs import make_markdown
     out = make_markdown().render('Loss $L = -\\frac{1}{N}\\sum_i x_i$ and\n\n$$F_{hwij} - b$$\n', {'page': 't'})
     assert out.count('<math') == 2 and '$' not in out
+
+
+@needs_browser
+def test_checker_catches_a_cut_code_span(tmp_path):
+    "A `|` inside a code span in a table cell cuts the cell (the flag text of the training pages was lost): reported."
+    from build_docs import make_markdown
+    md = make_markdown()
+    table = '| setting | when |\n|---|---|\n| **full** | the cells flagged `#{}| cuda` on a GPU |\n'
+    (tmp_path/'bad.html').write_text(f"<html><body><main>{md.render(table.format(''), {'page': 'bad'})}</main></body></html>")
+    (tmp_path/'good.html').write_text(f"<html><body><main>{md.render(table.format(chr(92)), {'page': 'good'})}</main></body></html>")
+    reports = {Path(r.url).name: r.problems for r in check_site(tmp_path)}
+    assert reports['good.html'] == [], reports
+    assert any('stray backtick' in p for p in reports['bad.html']), reports

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import usseg  # noqa: F401
 from usseg.cluster import ClusterLookup, KMeans
 from usseg.data.synthetic import SyntheticScenes
-from usseg.evaluate import (EvalResult, baseline, choose_fit_split, evaluate, predict_batch, predict_masks, read_image,
+from usseg.evaluate import (EvalResult, baseline, choose_fit_split, evaluate, predict_batch, predict_masks, read_image_tensor,
                             save_predictions, as_cluster_head)
 
 N = 6
@@ -154,7 +154,7 @@ def test_predict_masks_and_files(ds, tmp_path):
     from PIL import Image
     assert np.array(Image.open(tmp_path/'a_mask.png')).max() < N
     Image.fromarray(ds.scene(0)[0]).save(tmp_path/'x.png')
-    x = read_image(tmp_path/'x.png', max_size=40)
+    x = read_image_tensor(tmp_path/'x.png', max_size=40)
     assert x.shape == (3, 40, 40)
     lst = predict_masks(o, [imgs[0], imgs[1]], torch.eye(N))
     assert len(lst) == 2 and lst[0]['mask'].shape == (48, 48)
@@ -165,4 +165,4 @@ def test_errors(ds):
     with pytest.raises(ValueError, match="unknown crf 'dense'"): evaluate(lambda x: x, ds, torch.eye(3), crf='dense')
     with pytest.raises(ValueError, match='linear head gives 3 classes'): evaluate(lambda x: x, ds, linear_head=nn.Identity())
     with pytest.raises(ValueError, match='exactly one'): predict_masks(lambda x: x, ds[0]['img'], None)
-    with pytest.raises(FileNotFoundError, match='no image at'): read_image('/nonexistent/x.png')
+    with pytest.raises(FileNotFoundError, match='no image at'): read_image_tensor('/nonexistent/x.png')

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from usseg.core import set_seed
-from usseg.learner import TIMING_KEYS, ProbeTask, TinyFeatures, load_checkpoint
+from usseg.learner import TIMING_KEYS, load_checkpoint
+
+from helpers import ProbeTask, TinyFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT/'tests'/'learner_train.py'
@@ -60,3 +62,21 @@ def initial_probe_weight():
     "The probe's weights before training, built as the script builds them."
     set_seed(0)
     return ProbeTask(TinyFeatures(16), n_feats=16, n_classes=5, dim=8, head='nonlinear', dropout=0.0).probe.weight.detach()
+
+
+def torchrun(run_dir, *args):
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           str(SCRIPT), str(run_dir), *args], env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_parameters_without_gradient_are_named(tmp_path):
+    "A trainable layer that no loss reads: the learner names it after the first step; find_unused_parameters lets it train."
+    args = ['--steps', '4', '--batch-size', '8', '--save-every', '2', '--log-every', '2', '--eval-every', '4', '--unused']
+    r = torchrun(tmp_path/'fails', *args)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    assert 'trainable parameters got no gradient in the first step (spare.weight, spare.bias)' in out, out[-3000:]
+    assert 'find_unused_parameters=True' in out
+    r = torchrun(tmp_path/'runs', *args, '--find-unused')
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert load_checkpoint(tmp_path/'runs')['step'] == 4

@@ -10,8 +10,10 @@ from torch import nn
 import usseg.learner as L
 from usseg.core import set_seed
 from usseg.data.synthetic import SyntheticScenes
-from usseg.learner import (TIMING_KEYS, Learner, NonFiniteLossError, ProbeTask, ProgressBar, Task, TensorBoardLogger,
-                           TinyFeatures, TrainConfig, load_checkpoint, load_task_state)
+from usseg.learner import (TIMING_KEYS, Learner, NonFiniteLossError, ProgressBar, Task, TensorBoardLogger, TrainConfig,
+                           load_checkpoint, load_task_state)
+
+from helpers import ProbeTask, TinyFeatures
 
 DATA = SyntheticScenes('train', n_images=16, size=24, n_classes=4)
 
@@ -170,3 +172,23 @@ def test_progress_bar(tmp_path, capsys):
     assert '3/3' in capsys.readouterr().err
     learner(tmp_path/'s', callbacks=[ProgressBar('lines')], max_steps=2).fit()
     assert 'train step      2  acc' in capsys.readouterr().out
+
+
+def test_helpers_match_the_learner_page(root):
+    "The task in tests/helpers.py is the one nbs/40_learner.ipynb writes in the open (not exported): the copies must agree."
+    import ast
+    import inspect
+    import json
+
+    import helpers
+    on_page = {}
+    for c in json.loads((root/'nbs'/'40_learner.ipynb').read_text(encoding='utf-8'))['cells']:
+        src = ''.join(c['source'])
+        if c['cell_type'] != 'code': continue
+        try: body = ast.parse(src).body
+        except SyntaxError: continue  # shell and magic lines
+        for node in body:
+            if isinstance(node, ast.ClassDef) and node.name in helpers.LEARNER_PAGE: on_page[node.name] = ast.get_source_segment(src, node)
+    assert sorted(on_page) == sorted(helpers.LEARNER_PAGE), f'the Learner page defines {sorted(on_page)}'
+    for name, src in on_page.items():
+        assert inspect.getsource(getattr(helpers, name)).strip() == src.strip(), f'{name} differs between tests/helpers.py and the Learner page'

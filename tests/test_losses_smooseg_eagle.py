@@ -12,12 +12,15 @@ import torch.nn.functional as F
 
 import usseg  # noqa: F401  (the compat shim first)
 from usseg.cluster import ClusterLookup
-from usseg.losses.eagle import (COLOUR_SPACES, EagleConfig, adaptive_correspondence, code_affinity,
+from usseg.losses.eagle import (COLOUR_SPACES, adaptive_correspondence, code_affinity,
                                 colour_affinity, eagle_correspondence_loss, eicue, key_similarity, medoid_prototypes,
                                 nce_schedule, normalized_laplacian, object_contrastive_loss, patch_colours,
                                 smallest_eigenvectors)
-from usseg.losses.smooseg import (SmooSegConfig, SmooSegPredictor, SmooSegProjection, closeness, pair_energy,
-                                  smooseg_loss, smoothness_loss, super_perm)
+from usseg.features import closeness, super_perm
+from usseg.losses.smooseg import pair_energy, smooseg_loss, smoothness_loss
+from usseg.methods.eagle import EagleConfig
+from usseg.methods.smooseg import SmooSegConfig
+from usseg.models.smooseg import SmooSegPredictor, SmooSegProjection
 
 FIX = Path(__file__).parent/'fixtures'
 EXACT = dict(rtol=1e-10, atol=1e-12)   # float64 against float64

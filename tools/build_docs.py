@@ -331,10 +331,10 @@ def build(out: Path = ROOT/'_docs', force: bool = False, quiet: bool = False) ->
         titles = {p.name: p.title for p in pages}
         for p in pages:
             body = add_heading_ids(p.body())
-            desc = f'<p class="description">{html.escape(p.description)}</p>' if p.description else ''
+            desc = f'<p class="description">{md.renderInline(p.description)}</p>' if p.description else ''   # markdown, as Quarto renders it
             (tmp/p.name).write_text(TEMPLATE.format(
                 title=html.escape(p.title), site_title=html.escape(site.get('title', 'usseg')),
-                site_description=html.escape(site.get('description', '')[:90]), description=html.escape(p.description),
+                site_description=html.escape(site.get('description', '')[:90]), description=html.escape(p.description.replace('`', '')),
                 nav=nav_html(tree, p.name, titles), desc_html=desc, body=body, toc=toc_html(body)), encoding='utf-8')
         (tmp/'site.css').write_text(CSS)
         (tmp/'pygments.css').write_text(HtmlFormatter().get_style_defs('.highlight'))

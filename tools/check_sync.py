@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Fail if `nbdev_export`, `nbdev_clean` or the README generation would change any file.
+"""Fail if `nbdev_export`, `nbdev_clean` or the README generation would change any file, or if `usseg/` has unused imports.
 
     python tools/check_sync.py
 
 Runs the three generators and compares the generated and cleaned files before and after, so it works
-in a clean clone (CI) and in a working tree with uncommitted edits alike.
+in a clean clone (CI) and in a working tree with uncommitted edits alike. Then runs `ruff check --select F401,F811 usseg`
+(an unused or redefined import): fix it in the notebook the module comes from; a name re-exported on purpose goes in
+the module's `__all__` (nbdev: `_all_ = [...]`).
 """
 import hashlib
 import subprocess
@@ -24,6 +26,8 @@ def snapshot() -> dict:
     return out
 
 
+LINT = [sys.executable, '-m', 'ruff', 'check', '--select', 'F401,F811', '--output-format', 'concise', 'usseg']
+
 STEPS = [('nbdev_export', ['nbdev_export']),
          ('nbdev_clean', ['nbdev_clean']),
          ('README generation', [sys.executable, str(ROOT/'tools'/'readme.py')])]
@@ -41,11 +45,16 @@ def main():
         if changed:
             bad = True
             print(f'{name} changed {len(changed)} file(s): ' + ', '.join(changed[:20]), file=sys.stderr)
+    r = subprocess.run(LINT, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        print(f'ruff: unused or redefined imports in usseg/ (fix the notebooks they come from; a name re-exported on '
+              f'purpose goes in `_all_`):\n{r.stdout}{r.stderr}', file=sys.stderr)
+        if not bad: return 1
     if bad:
         print('The notebooks, the package and README.md are out of sync: run `nbdev_export && nbdev_clean && make readme` '
               'and commit the result.', file=sys.stderr)
         return 1
-    print('in sync: nbdev_export, nbdev_clean and the README generation change nothing')
+    print('in sync: nbdev_export, nbdev_clean and the README generation change nothing; no unused imports in usseg/')
     return 0
 
 

@@ -8,7 +8,6 @@ __all__ = ['METRICS', 'prepare_points', 'distances', 'sq_norms', 'nearest', 'kme
 
 # %% ../nbs/30_cluster.ipynb #3e91e7e6
 import math
-import warnings
 
 import numpy as np
 import torch

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CRF_BACKENDS', 'as_cluster_head', 'predict_batch', 'EvalResult', 'evaluate', 'choose_fit_split', 'collect_features',
-           'baseline', 'read_image', 'predict_masks', 'save_predictions']
+           'baseline', 'read_image_tensor', 'predict_masks', 'save_predictions']
 
 # %% ../nbs/33_evaluate.ipynb #56e1b1ee
 import json
@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .backbones import load_backbone
 from .core import atomic_write, atomic_write_text, colorize, default_device, make_palette, normalize, to_display
 from .cluster import ClusterLookup, KMeans
 from .crf import CRFParams, CRFPool, crf_torch
@@ -148,11 +149,20 @@ class EvalResult:
 def _collate(items):
     return {'img': torch.stack([it['img'] for it in items]), 'label': torch.stack([torch.as_tensor(it['label']) for it in items])}
 
+def _module_of(obj):
+    "The module `obj` runs: itself, or the owner of a bound method such as `task.code`; None for other callables."
+    if isinstance(obj, nn.Module): return obj
+    owner = getattr(obj, '__self__', None)
+    return owner if isinstance(owner, nn.Module) else None
+
 def _eval_mode(objs):
-    mods = [m for m in objs if isinstance(m, nn.Module)]
-    state = [m.training for m in mods]
+    "Put the modules behind `objs` in eval mode; returns a function that restores every submodule's mode exactly."
+    mods = list({id(m): m for m in map(_module_of, objs) if m is not None}.values())
+    state = [(sub, sub.training) for m in mods for sub in m.modules()]
     for m in mods: m.eval()
-    return lambda: [m.train(s) for m, s in zip(mods, state)]
+    def restore():
+        for sub, was in state: sub.training = was
+    return restore
 
 def evaluate(model, # callable img (B, 3, H, W) -> code (B, D, h, w)
              dataset, # items {'img': (3, H, W) normalised, 'label': (H, W) int64, -1 = ignore}; needs `n_classes`
@@ -176,7 +186,7 @@ def evaluate(model, # callable img (B, 3, H, W) -> code (B, D, h, w)
     if not n_classes: raise ValueError('the dataset has no n_classes attribute: pass n_classes=')
     class_names = class_names or getattr(dataset, 'class_names', None)
     dev = default_device(device)
-    if isinstance(model, nn.Module): model = model.to(dev)
+    if _module_of(model) is not None: _module_of(model).to(dev)
     for h in (cluster_head, linear_head):
         if isinstance(h, nn.Module): h.to(dev)
     heads = {}
@@ -258,7 +268,8 @@ def collect_features(feature_fn, # callable img -> (B, C, h, w)
     pts = torch.cat(out)
     return pts[torch.randperm(len(pts), generator=g)[:max_points]]
 
-def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e.g. a frozen backbone
+def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e.g. a frozen backbone, or a backbone name
+                         # (usseg's, registered, or 'module:factory'; loaded with its pretrained weights)
              fit_dataset, # k-means is fitted on its features
              eval_dataset, # and evaluated here
              n_clusters:int|None=None, # default: the number of classes
@@ -268,6 +279,7 @@ def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e
              alpha:float=2.0, upsample:str='code', batch_size:int=8, device='auto',
              max_images:int|None=None, settings:dict|None=None, progress:bool=False) -> EvalResult:
     "Frozen features -> k-means fitted on `fit_dataset` -> Hungarian metrics on `eval_dataset`."
+    if isinstance(feature_fn, str): feature_fn = load_backbone(feature_fn)
     n_classes = getattr(eval_dataset, 'n_classes', None)
     if not n_classes: raise ValueError('the evaluation dataset has no n_classes attribute')
     K = n_clusters or n_classes
@@ -289,10 +301,10 @@ def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e
     return res
 
 # %% ../nbs/33_evaluate.ipynb #481bd3dd
-def read_image(path:str|Path, # an image file PIL can read
-               max_size:int|None=None, # shrink so the longer side is at most this
-               multiple:int=8, # crop to a multiple of the patch size
-              ) -> torch.Tensor:
+def read_image_tensor(path:str|Path, # an image file PIL can read
+                      max_size:int|None=None, # shrink so the longer side is at most this
+                      multiple:int=8, # crop to a multiple of the patch size
+                     ) -> torch.Tensor:
     "`(3, H, W)` ImageNet-normalised tensor of an image file."
     from PIL import Image
     p = Path(path)

@@ -6,7 +6,7 @@
 __all__ = ['INVALID', 'COCO_FINE_TO_COARSE', 'DATASETS', 'CorruptFileError', 'read_image', 'read_label', 'label_lut', 'apply_lut',
            'SegDataset', 'check_root', 'check_exist', 'check_pairs', 'read_list', 'CamVid', 'shared_data',
            'show_samples', 'CocoStuff27', 'Cityscapes27', 'Potsdam3', 'pascal_palette', 'voc_trainaug_ids', 'VOC2012',
-           'SyntheticDataset', 'FolderDataset', 'cropped_dir', 'CroppedDataset', 'get_dataset', 'make_fake_tree']
+           'SyntheticDataset', 'FolderDataset', 'cropped_dir', 'CroppedDataset', 'get_dataset']
 
 # %% ../../nbs/03_data.ipynb #af43a65d
 import difflib
@@ -586,70 +586,3 @@ def get_dataset(name:str, # one of `DATASETS`
         base = DATASETS[name](root, split, **kw) if kw or name in ('synthetic', 'folder') else DATASETS[name]
         return CroppedDataset(base, getattr(base, 'root', root), split, transform, crop_type=crop, crop_ratio=crop_ratio)
     return DATASETS[name](root, split, transform, **kw)
-
-# %% ../../nbs/03_data.ipynb #693af4f0
-def _raw_values(cls) -> np.ndarray:
-    return np.flatnonzero(cls.lut != INVALID)
-
-def _save_png(path, arr):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(arr, np.uint8)).save(path)
-
-def make_fake_tree(name:str, root:str|Path, n:int=3, # images per split
-                   size=(24, 32), seed:int=0) -> Path:
-    "Write `n` random images per split of dataset `name` in its upstream layout under `root`; returns `root`."
-    rng = np.random.default_rng(seed)
-    root, (H, W) = Path(root), size
-    img = lambda: rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-    def lab(cls): return rng.choice(_raw_values(cls), (H, W)).astype(np.uint8)
-    if name == 'camvid':
-        for s in CamVid.splits:
-            for i in range(n):
-                _save_png(root/'CamVid'/s/f'{s}_{i:03d}.png', img()); _save_png(root/'CamVid'/f'{s}annot'/f'{s}_{i:03d}.png', lab(CamVid))
-    elif name == 'cocostuff27':
-        for s in ('train', 'val'):
-            ids = [f'{s}{i:012d}' for i in range(n)]
-            for i in ids:
-                p = root/'cocostuff'/'images'/f'{s}2017'/f'{i}.jpg'; p.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img()).save(p, quality=95); _save_png(root/'cocostuff'/'annotations'/f'{s}2017'/f'{i}.png', lab(CocoStuff27))
-            lst = root/'cocostuff'/'curated'/f'{s}2017'/CocoStuff27.lists[s]; lst.parent.mkdir(parents=True, exist_ok=True)
-            lst.write_text('\n'.join(ids) + '\n')
-    elif name == 'cityscapes27':
-        for s in Cityscapes27.splits:
-            for i in range(n):
-                city = ('aachen', 'bremen')[i % 2]
-                stem = f'{city}_{i:06d}_000019'
-                _save_png(root/'cityscapes'/'leftImg8bit'/s/city/f'{stem}_leftImg8bit.png', img())
-                _save_png(root/'cityscapes'/'gtFine'/s/city/f'{stem}_gtFine_labelIds.png', rng.integers(0, 34, (H, W)))
-    elif name == 'potsdam3':
-        from scipy.io import savemat
-        (root/'potsdam'/'imgs').mkdir(parents=True, exist_ok=True); (root/'potsdam'/'gt').mkdir(parents=True, exist_ok=True)
-        ids = {s: [f'{s}_{i}' for i in range(n)] for s in ('train', 'val', 'unlabelled_train')}
-        for s, lst in zip(ids, ('labelled_train.txt', 'labelled_test.txt', 'unlabelled_train.txt')):
-            for i in ids[s]:
-                savemat(root/'potsdam'/'imgs'/f'{i}.mat', {'img': rng.integers(0, 256, (H, W, 4), dtype=np.uint8)})
-                if s != 'unlabelled_train': savemat(root/'potsdam'/'gt'/f'{i}.mat', {'gt': lab(Potsdam3)})
-            (root/'potsdam'/lst).write_text('\n'.join(ids[s]) + '\n')
-        (root/'potsdam'/'all.txt').write_text('\n'.join(sum(ids.values(), [])) + '\n')
-    elif name == 'voc2012':
-        voc = root/'VOCdevkit'/'VOC2012'
-        ids = {s: [f'2007_{s[:2]}{i:04d}' for i in range(n)] for s in ('train', 'val', 'sbd')}
-        for s, lst in ids.items():
-            for i in lst:
-                p = voc/'JPEGImages'/f'{i}.jpg'; p.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img()).save(p, quality=95)
-                m = lab(VOC2012)
-                if s != 'sbd':
-                    pim = Image.fromarray(m); pim.putpalette(pascal_palette(256).ravel().tolist())   # L -> P, values kept
-                    (voc/'SegmentationClass').mkdir(parents=True, exist_ok=True); pim.save(voc/'SegmentationClass'/f'{i}.png')
-                _save_png(voc/'SegmentationClassAug'/f'{i}.png', m)
-                _save_png(voc/'saliency_supervised_model'/f'{i}.png', (rng.random((H, W)) > 0.5)*255)
-        sets = voc/'ImageSets'/'Segmentation'; sets.mkdir(parents=True, exist_ok=True)
-        for s in ('train', 'val'): (sets/f'{s}.txt').write_text('\n'.join(ids[s]) + '\n')
-        (sets/'trainval.txt').write_text('\n'.join(ids['train'] + ids['val']) + '\n')
-    elif name == 'folder':
-        for s in ('train', 'val'):
-            for i in range(n):
-                _save_png(root/'imgs'/s/f'img{i}.png', img()); _save_png(root/'labels'/s/f'img{i}.png', rng.integers(0, 4, (H, W)))
-    else: raise ValueError(f'no fake tree for {name!r}; known: camvid, cocostuff27, cityscapes27, potsdam3, voc2012, folder')
-    return root

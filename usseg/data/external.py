@@ -4,13 +4,12 @@
 
 # %% auto #0
 __all__ = ['RESOURCES', 'Resource', 'manual_steps', 'resource', 'ChecksumError', 'parse_checksum', 'file_hash', 'verify_file',
-           'UnpinnedChecksumWarning', 'lock_path', 'verify_or_record', 'DownloadError', 'download', 'serve_files',
+           'UnpinnedChecksumWarning', 'lock_path', 'verify_or_record', 'DownloadError', 'download',
            'UnsafeArchiveError', 'check_members', 'extract', 'fetch_resource']
 
 # %% ../../nbs/01_data.external.ipynb #7ea5cf11
 import hashlib
 import http.client
-import http.server
 import json
 import os
 import re
@@ -19,13 +18,11 @@ import socket
 import stat
 import tarfile
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -267,38 +264,6 @@ def download(url:str|list|tuple, # a URL, or mirrors tried in order
     hint = ' You seem to be offline, or the host is unreachable.' if kinds == {'unreachable'} else ''
     raise DownloadError(f'could not download {dest.name}.{hint}{kept} Tried: ' + '; '.join(problems) +
                         f'. Alternatively download it by hand to {dest} and run again (it is then verified and used).')
-
-# %% ../../nbs/01_data.external.ipynb #b33b022d
-@contextmanager
-def serve_files(folder:str|Path, honour_range:bool=True, cut_after:int|None=None, cut_times:int=1):
-    "Serve `folder` over HTTP on localhost in a thread; yields the server (`.url`, `.requests`)."
-    folder, state = Path(folder), {'cuts': 0}
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *a): pass
-        def do_GET(self):
-            p = folder/self.path.lstrip('/').split('?')[0]
-            server.requests.append((self.path, self.headers.get('Range')))
-            if not p.is_file(): self.send_error(404); return
-            data = p.read_bytes()
-            m = re.match(r'bytes=(\d+)-', self.headers.get('Range') or '')
-            start = int(m[1]) if m and honour_range else 0
-            if start >= len(data) and m and honour_range:
-                self.send_response(416); self.send_header('Content-Range', f'bytes */{len(data)}'); self.end_headers(); return
-            body = data[start:]
-            self.send_response(206 if start else 200)
-            if start: self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
-            self.send_header('Content-Length', str(len(body))); self.send_header('Accept-Ranges', 'bytes' if honour_range else 'none')
-            self.end_headers()
-            if cut_after is not None and state['cuts'] < cut_times and len(body) > cut_after:
-                state['cuts'] += 1
-                self.wfile.write(body[:cut_after]); self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_RDWR); self.close_connection = True; return
-            self.wfile.write(body)
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    server.requests, server.url = [], f'http://127.0.0.1:{server.server_address[1]}'
-    t = threading.Thread(target=server.serve_forever, daemon=True); t.start()
-    try: yield server
-    finally: server.shutdown(); server.server_close()
 
 # %% ../../nbs/01_data.external.ipynb #7e832b32
 class UnsafeArchiveError(ValueError):

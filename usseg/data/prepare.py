@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_SPLITS', 'CROP_BY_DEFAULT', 'five_crop_boxes', 'write_five_crops', 'pooled_features', 'knn_from_features',
-           'knn_file', 'load_neighbours', 'compute_neighbours', 'NeighbourPairs', 'prepare_dataset']
+           'knn_file', 'neighbours_dir', 'load_neighbours', 'compute_neighbours', 'NeighbourPairs', 'prepare_dataset']
 
 # %% ../../nbs/05_data.prepare.ipynb #cae9b035
+import hashlib
 import json
 import os
 import re
@@ -20,10 +21,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..core import atomic_save, atomic_write, atomic_write_text, data_root, default_device
+from ..core import atomic_save, atomic_write, atomic_write_text, cache_dir, data_root, default_device
 from . import DATASETS, CroppedDataset, SegDataset, cropped_dir, get_dataset, voc_trainaug_ids
 from .external import fetch_resource, manual_steps
-from .transforms import EvalTransform
+from .transforms import EvalTransform, as_hw
 
 # %% ../../nbs/05_data.prepare.ipynb #9ef485c7
 def five_crop_boxes(hw:tuple, # (H, W) of the image
@@ -139,9 +140,16 @@ def knn_from_features(g:torch.Tensor, # (N, C) L2-normalised
 # %% ../../nbs/05_data.prepare.ipynb #af3c9b31
 def _safe(s:str) -> str: return re.sub(r'[^A-Za-z0-9_.+-]+', '-', str(s)).strip('-')
 
-def knn_file(root, backbone:str, dataset:str, split:str, crop:str|None, res:int) -> Path:
-    "Where the neighbour file of a dataset variant lives (STEGO's naming)."
+def knn_file(root, backbone:str, dataset:str, split:str, crop:str|None, res:int|tuple) -> Path:
+    "STEGO's place for the neighbour file of a dataset variant: `<root>/nns/nns_...npz` (a non-square `res` as `HxW`)."
+    res = res if isinstance(res, int) else 'x'.join(map(str, as_hw(res, 'res')))
     return Path(root)/'nns'/f'nns_{_safe(backbone)}_{_safe(dataset)}_{split}_{crop}_{res}.npz'
+
+def neighbours_dir(data_root:str|Path, # the dataset's root folder
+                   create:bool=True) -> Path:
+    "The cache folder for neighbour files of the data under `data_root` (never the data root itself)."
+    r = Path(data_root).expanduser().resolve()
+    return cache_dir('nns', f'{_safe(r.name) or "root"}-{hashlib.sha256(str(r).encode()).hexdigest()[:10]}', create=create)
 
 def _ids(ds) -> np.ndarray:
     return np.array([os.path.relpath(p, ds.root) for p in ds.img_files])
@@ -164,21 +172,25 @@ def load_neighbours(path:str|Path, ds:SegDataset|None=None) -> np.ndarray:
 def compute_neighbours(ds:SegDataset, # the dataset variant training uses (cropped or not)
                        model, # callable `(B, 3, H, W) -> (B, C, h, w)`, e.g. `usseg.backbones.load_backbone(...)`
                        backbone_name:str, # goes into the file name
-                       res:int=224, # resize short side + centre crop (STEGO: 224)
+                       res:int|tuple=224, # resize (aspect kept) + centre crop to this side or (h, w) (STEGO: 224)
                        k:int=30, batch_size:int=64, device='auto', num_workers:int=0,
                        image_interp:str='bilinear', # `nearest` is what STEGO's script does
                        crop:str|None=None, # 'five' for a cropped variant (default: detected)
-                       verbose:bool=True) -> Path:
-    "Compute (or reuse) the neighbour file of `ds`; returns its path."
+                       verbose:bool=True,
+                       out_dir:str|Path|None=None, # where a new file goes (default: `neighbours_dir(ds.root)`)
+                      ) -> Path:
+    "Compute (or reuse) the neighbour file of `ds`; returns its path. Nothing is written into the data root."
     crop = crop or ('five' if isinstance(ds, CroppedDataset) else None)
-    path = knn_file(ds.root, backbone_name, ds.stego_name or ds.name, ds.split, crop, res)
-    if path.exists():
+    stego = knn_file(ds.root, backbone_name, ds.stego_name or ds.name, ds.split, crop, res)
+    path = Path(out_dir or neighbours_dir(ds.root))/stego.name
+    for p in dict.fromkeys([path, neighbours_dir(ds.root, create=False)/stego.name, stego]):   # in order, once each
+        if not p.exists(): continue
         try:
-            load_neighbours(path, ds)
-            if verbose: print(f'neighbours {ds.name} {ds.split}: done earlier ({path})')
-            return path
+            load_neighbours(p, ds)
+            if verbose: print(f'neighbours {ds.name} {ds.split}: done earlier ({p})')
+            return p
         except ValueError as e:
-            if verbose: print(f'neighbours: {e}; recomputing')
+            if verbose: print(f'neighbours: {e}; not using it')
     k = min(k, len(ds))
     if verbose: print(f'neighbours {ds.name} {ds.split}: {len(ds)} images at {res} px with {backbone_name}, top {k} -> {path}')
     cache = path.with_name(path.name + '.partial.pt')
@@ -263,6 +275,7 @@ def prepare_dataset(name:str, # a `get_dataset` name
                     res:int=224, k:int=30, knn_splits:tuple|str=('train',),
                     batch_size:int=64, device:str='auto', num_workers:int=0,
                     saliency:bool=False, # VOC: also get MaskContrast's saliency bundle
+                    nns_dir:str|Path|None=None, # where new neighbour files go (default: the cache, `neighbours_dir(root)`)
                     verbose:bool=True, **dataset_kw) -> dict:
     "Download, verify, extract, five-crop and compute neighbours for dataset `name`; idempotent. Returns a summary."
     if name not in DATASETS: get_dataset(name)   # raises with the list of known names
@@ -292,5 +305,5 @@ def prepare_dataset(name:str, # a `get_dataset` name
     for s in knn_splits:
         ds = get_dataset(name, root, s, crop='five' if crop else None, crop_ratio=crop_ratio, **dataset_kw)
         summary['neighbours'][s] = str(compute_neighbours(ds, model, backbone_name or auto_name, res, k, batch_size, device,
-                                                          num_workers, verbose=verbose))
+                                                          num_workers, verbose=verbose, out_dir=nns_dir))
     return summary

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['MAP_FILL', 'pil_nearest_index', 'resize', 'short_side_size', 'crop', 'center_crop_box', 'hflip', 'Transform',
-           'Compose', 'ResizeShort', 'Resize', 'CenterCrop', 'EvalTransform', 'RandomHorizontalFlip', 'rrc_box',
-           'RandomResizedCrop', 'RandomCrop', 'RandomScaleLongSide', 'ColorJitter', 'RandomGrayscale', 'GaussianBlur',
-           'MultiView', 'stego_geometric', 'hp_photometric', 'eagle_blur', 'maskcontrast_view', 'hsc_view']
+           'Compose', 'ResizeShort', 'Resize', 'CenterCrop', 'as_hw', 'cover_size', 'ResizeCover', 'EvalTransform',
+           'RandomHorizontalFlip', 'rrc_box', 'RandomResizedCrop', 'RandomCrop', 'RandomScaleLongSide', 'ColorJitter',
+           'RandomGrayscale', 'GaussianBlur', 'MultiView', 'stego_geometric', 'hp_photometric', 'eagle_blur',
+           'maskcontrast_view', 'hsc_view']
 
 # %% ../../nbs/04_data.transforms.ipynb #773debc3
 import functools
@@ -141,11 +142,34 @@ class CenterCrop(Transform):
     def __init__(self, size): self.size = (size, size) if isinstance(size, int) else tuple(size)
     def __call__(self, sample, g=None): return crop(sample, *center_crop_box(_hw(sample), self.size))
 
-def EvalTransform(size:int=320, # short side, then a square centre crop of this side
+def as_hw(size, # a side (int) or a pair `(h, w)` (tuple or list, e.g. read back from JSON)
+          name:str='size') -> tuple:
+    "`(h, w)` from an int side or a pair, checked positive."
+    hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else None
+    if hw is None or len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
+        raise ValueError(f'{name} must be a positive int or a pair (h, w) of positive ints (got {size!r})')
+    return hw
+
+def cover_size(hw:tuple, # (H, W) of the input
+               size:tuple, # (h, w) to cover
+              ) -> tuple:
+    "The smallest `(H', W')` with the input's aspect ratio that covers `size` (for a square, `short_side_size`)."
+    (H, W), (h, w) = hw, size
+    if h*W >= w*H: return h, max(w, int(W*h/H))      # height decides
+    return max(h, int(H*w/W)), w
+
+class ResizeCover(Transform):
+    "Resize, aspect ratio kept, to the smallest size that covers `size` = (h, w)."
+    def __init__(self, size, image_interp:str='bilinear'): self.size, self.image_interp = as_hw(size), image_interp
+    def __call__(self, sample, g=None): return resize(sample, cover_size(_hw(sample), self.size), self.image_interp)
+
+def EvalTransform(size:int|tuple=320, # int: short side, then a square crop; (h, w): any aspect ratio
                   image_interp:str='bilinear', # `nearest` reproduces STEGO exactly
                  ) -> Compose:
-    "The evaluation transform: resize the short side to `size`, then a `size` x `size` centre crop."
-    return Compose(ResizeShort(size, image_interp), CenterCrop(size))
+    "The evaluation transform: resize the short side to `size` and centre-crop a square, or cover and crop `(h, w)`."
+    if isinstance(size, int): return Compose(ResizeShort(size, image_interp), CenterCrop(size))
+    hw = as_hw(size)
+    return Compose(ResizeCover(hw, image_interp), CenterCrop(hw))
 
 # %% ../../nbs/04_data.transforms.ipynb #bd9be266
 class RandomHorizontalFlip(Transform):

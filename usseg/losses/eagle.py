@@ -5,20 +5,16 @@
 # %% auto #0
 __all__ = ['COLOUR_SPACES', 'code_affinity', 'patch_colours', 'colour_affinity', 'normalized_laplacian', 'Eigen',
            'smallest_eigenvectors', 'EiCue', 'eicue', 'medoid_prototypes', 'key_similarity', 'object_contrastive_loss',
-           'adaptive_correspondence', 'eagle_correspondence_loss', 'nce_schedule', 'eagle_total_loss', 'EagleConfig']
+           'adaptive_correspondence', 'eagle_correspondence_loss', 'nce_schedule', 'eagle_total_loss']
 
 # %% ../../nbs/23_losses.eagle.ipynb #240ec854
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..cluster import ClusterLookup
 from ..core import denormalize
-from ..features import norm, sample, tensor_correlation
-from .smooseg import closeness, super_perm
+from ..features import closeness, norm, sample, super_perm, tensor_correlation
 
 # %% ../../nbs/23_losses.eagle.ipynb #818f482e
 def code_affinity(code:torch.Tensor, # `(B, D, h, w)` head output
@@ -227,95 +223,3 @@ def eagle_total_loss(eig, eig_aug, # eigen-lookup losses of the two views
     u = nce_schedule(step, step_schedulers, momentum_limit)
     return ((eig + eig_aug) / 2 + (1 - u) * (pos_weight * corr_pos + neg_weight * corr_neg) * correspondence_weight
             + u * (nce_weight * nce + nce_aug_weight * nce_aug))
-
-# %% ../../nbs/23_losses.eagle.ipynb #74a156aa
-@dataclass
-class EagleConfig:
-    "Hyperparameters of an EAGLE run (defaults: COCO-Stuff-27, `EAGLE:src_EAGLE/configs/train_config_cocostuff.yml`)."
-    dataset: str = 'cocostuff27'
-    n_classes: int = 27
-    extra_clusters: int = 5
-    backbone: str = 'vit_small_patch8_224.dino'
-    weights: str = 'dino'                 # 'dino' (pretrained) or 'random'
-    n_blocks: int = 3                     # keys of the last n_blocks blocks, concatenated
-    n_feats: int = 3 * 384                # n_blocks x backbone channels
-    dim: int = 512
-    dropout: float = 0.1
-    # EiCue
-    eigen_k: int = 4                      # eigen_cluster
-    eigen_clusters: int = 32              # eigen_cluster_out (= n_classes + extra_clusters)
-    sigma: float = 0.1
-    colour_space: str = 'rgb'             # 'upstream' reproduces EAGLE's normalised/255 colours
-    # object-centric contrastive loss
-    tau: float = 0.07                     # contrastive_temp
-    gamma: float = 0.7                    # global_loss_weight
-    label_smoothing: float = 0.0
-    nce_weighting: str = 'pixel'
-    nce_weight: float = 0.85              # local_pos_weight
-    nce_aug_weight: float = 0.85          # local_pos_aug_weight
-    # correspondence loss
-    n_samples: int = 11                   # feature_samples
-    neg_samples: int = 5
-    shift_bias: float = 0.0
-    shift_value: float = 3.5
-    stabilize: bool = True
-    zero_clamp: bool = True
-    pointwise: bool = True
-    pos_weight: float = 0.25              # pos_inter_weight
-    neg_weight: float = 0.63              # neg_inter_weight
-    correspondence_weight: float = 1.0
-    step_schedulers: int = 200
-    momentum_limit: float = 0.9
-    # optimisation
-    lr: float = 5e-4                      # head and projection
-    lr_linear: float = 1e-3
-    lr_cluster: float = 5e-3
-    lr_eigen_cluster: float = 5e-5
-    batch_size: int = 32
-    max_steps: int = 10_000
-    image_size: int = 224
-    eval_size: int = 320
-    eval_alpha: float = 4.0               # cluster probe temperature at evaluation
-    seed: int = 0
-
-    @property
-    def n_clusters(self) -> int: return self.n_classes + self.extra_clusters
-
-    @classmethod
-    def cocostuff27(cls): return cls()
-
-    @classmethod
-    def cityscapes27(cls):
-        "`train_config_cityscapes.yml`: ViT-B/8, 28x28 samples, label smoothing."
-        return cls(dataset='cityscapes27', extra_clusters=1, backbone='vit_base_patch8_224.dino', n_feats=3 * 768,
-                   eigen_clusters=28, label_smoothing=0.1, nce_weighting='mean', n_samples=28, shift_bias=0.11,
-                   pos_weight=0.18, neg_weight=1.0, step_schedulers=380, momentum_limit=0.7,
-                   lr_linear=5e-3, lr_cluster=3e-3, lr_eigen_cluster=5e-4, max_steps=6000)
-
-    @classmethod
-    def smoke(cls):
-        "A tiny CPU run of the same code: synthetic scenes, random weights, a few steps."
-        return cls(dataset='synthetic', n_classes=8, extra_clusters=1, backbone='vit_tiny8', weights='random', n_blocks=2,
-                   n_feats=2 * 48, dim=32, eigen_clusters=9, n_samples=5, batch_size=4, max_steps=3, step_schedulers=1,
-                   image_size=64, eval_size=64)
-
-    @classmethod
-    def synthetic(cls):
-        "usseg's setting for the synthetic scenes with a random tiny ViT (see the EAGLE training page for each deviation)."
-        return cls(dataset='synthetic', n_classes=8, extra_clusters=1, backbone='vit_tiny8', weights='random', n_blocks=2,
-                   n_feats=2 * 48, dim=64, eigen_clusters=9, n_samples=11, batch_size=32, max_steps=600, step_schedulers=200,
-                   image_size=96, eval_size=96)
-
-    @classmethod
-    def for_dataset(cls, name:str):
-        "The factory for a dataset name, e.g. `'cityscapes27'`."
-        f = {'cocostuff27': cls.cocostuff27, 'cityscapes27': cls.cityscapes27, 'synthetic': cls.synthetic}
-        if name not in f: raise ValueError(f"no EAGLE configuration for '{name}' (upstream ships COCO-Stuff and Cityscapes only); choose one of {', '.join(f)}")
-        return f[name]()
-
-    def eicue_kwargs(self) -> dict: return dict(k=self.eigen_k, sigma=self.sigma, colour_space=self.colour_space)
-    def nce_kwargs(self) -> dict:
-        return dict(tau=self.tau, gamma=self.gamma, label_smoothing=self.label_smoothing, weighting=self.nce_weighting)
-    def corr_kwargs(self) -> dict:
-        return dict(n_samples=self.n_samples, neg_samples=self.neg_samples, shift_bias=self.shift_bias, shift_value=self.shift_value,
-                    zero_clamp=self.zero_clamp, stabilize=self.stabilize, pointwise=self.pointwise)

@@ -4,12 +4,9 @@
 
 # %% auto #0
 __all__ = ['HEAD_DIMS', 'StegoHead', 'reference_head_state_dict', 'LinearProbe', 'linear_probe_loss', 'flatten_pixels',
-           'ProjectionHead', 'ema_copy', 'ema_update']
+           'ProjectionHead']
 
 # %% ../../nbs/14_models.heads.ipynb #d304bc4b
-import copy
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -113,26 +110,3 @@ class ProjectionHead(nn.Module):
                ) -> Tensor:
         "Unit-length projections z, same shape as `s`."
         return F.normalize(self.linear(s), dim=-1)
-
-# %% ../../nbs/14_models.heads.ipynb #710ed201
-def ema_copy(model:nn.Module, # the module to track
-            ) -> nn.Module:
-    "A deep copy of `model` whose parameters take no gradient (the EMA target)."
-    ema = copy.deepcopy(model)
-    for p in ema.parameters(): p.requires_grad_(False)
-    return ema
-
-@torch.no_grad()
-def ema_update(ema:nn.Module, # the EMA copy, updated in place
-               model:nn.Module, # the trained module
-               m:float, # momentum in [0, 1]: 1 freezes the copy, 0 copies the model
-              ) -> nn.Module:
-    "In place: every parameter `p_ema = m * p_ema + (1 - m) * p`; every buffer copied. Returns `ema`."
-    if not 0 <= m <= 1: raise ValueError(f'EMA momentum m must be in [0, 1] (got {m})')
-    pe, pm = list(ema.parameters()), list(model.parameters())
-    be, bm = list(ema.buffers()), list(model.buffers())
-    if len(pe) != len(pm) or any(a.shape != b.shape for a, b in zip(pe, pm)) or len(be) != len(bm):
-        raise ValueError('ema and model must have the same architecture (parameters and buffers of the same shapes)')
-    for a, b in zip(pe, pm): a.copy_(a * m + b.detach() * (1 - m))
-    for a, b in zip(be, bm): a.copy_(b)
-    return ema
