@@ -3,13 +3,18 @@
 # scikit-learn and scipy but no network (fastcore travels as a wheel).
 #
 #   bash benchmarks/gpu.sh wheels              # here, with PyPI: the wheels the GPU machine lacks -> .whl/
+#   bash benchmarks/gpu.sh refs SRC            # here: the reference checkouts' Python files (SRC/STEGO, SRC/HP, ...) -> .refs/
 #   bash benchmarks/gpu.sh run DIR             # there: results (JSON), a log and a summary -> DIR
 #   bash benchmarks/gpu.sh run DIR cpu         # a dry run of the same commands, tiny sizes, on the CPU
+#   bash benchmarks/gpu.sh run DIR cuda REFS   # the comparison with the reference code reads REFS (default .refs)
 #
+# .refs/ is git-ignored (the reference code is never committed): carry it to the GPU machine with the checkout.
+# Without it the comparison with the reference code is skipped, and says so.
 # Each benchmark runs under its own time limit and a failure is logged, not fatal, so that one broken or
 # out-of-memory run does not cost the rest of a short GPU lease. Random backbone weights throughout (the
 # cost of a step does not depend on the weights).
 set -uo pipefail
+ORIG_PWD=$PWD
 cd "$(dirname "$0")/.."
 
 wheels() {
@@ -19,8 +24,19 @@ wheels() {
     ls -l .whl
 }
 
+refs() {   # copy the Python sources (and configs) of each reference checkout under SRC into .refs/, nothing else
+    local src=${1:?usage: gpu.sh refs SRC (a folder holding STEGO/ HP/ SmooSeg/ EAGLE/ checkouts)}
+    case $src in /*) ;; *) src=$ORIG_PWD/$src ;; esac
+    for r in STEGO HP SmooSeg EAGLE; do
+        if [ ! -d "$src/$r" ]; then echo "no $src/$r: skipped"; continue; fi
+        (cd "$src/$r" && find . -name '*.py' -o -name '*.yml' -o -name '*.yaml' -o -name '*.json' | grep -v __pycache__ |
+            while read -r f; do mkdir -p "$OLDPWD/.refs/$r/$(dirname "$f")"; cp "$f" "$OLDPWD/.refs/$r/$f"; done)
+    done
+    du -sh .refs
+}
+
 run() {
-    local dir=${1:?usage: gpu.sh run DIR [cuda|cpu]} dev=${2:-cuda}
+    local dir=${1:?usage: gpu.sh run DIR [cuda|cpu] [REFS]} dev=${2:-cuda} refs=${3:-.refs}
     mkdir -p "$dir"
     local log="$dir/gpu_log.txt" limit=300
     if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import fastcore' 2>/dev/null; then
@@ -30,9 +46,11 @@ run() {
     export PYTHONPATH=$PWD:${PYTHONPATH:-} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     # sizes: the papers' (224 px, their batches) on the GPU; tiny ones for the CPU dry run
     local img=224 eig="" knn="" steps="--steps 5 --warmup 2" tsteps="--steps 5 --warmup 3" prec="fp32 bf16" comp="--compile"
+    local vsr="--repeats 5"   # fp32 against the reference, plus usseg under bf16 autocast and torch.compile (the script's GPU default)
     if [ "$dev" = cpu ]; then
         img=32; eig="--batch 2 --grid 8 --dim 16 --repeats 1"; knn="--n-images 20 --size 32 --batch-size 10 --k 3"
         steps="--steps 1 --warmup 0 --batch-size 2"; tsteps=$steps; prec="fp32"; comp=""; limit=120
+        vsr="--batch 2 --grid 14 --threads 1 --repeats 1 --warmup 0 --malloc glibc --variants bf16"
     fi
     python3 -c 'import torch, usseg; print("torch", torch.__version__, "| usseg", usseg.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name())' 2>&1 | tee "$log"
     local failed=0
@@ -52,6 +70,13 @@ run() {
         step "method_step hp batch 16" python3 benchmarks/method_step.py --method hp --device cuda --precision $prec \
             --batch-size 16 $steps --out "$dir/method_step_hp_b16_cuda.json"
     fi
+    if [ -d "$refs" ]; then
+        local saved=$limit; [ "$dev" = cuda ] && limit=540   # four methods, each side, plus bf16 and compiled usseg
+        step vs_reference python3 benchmarks/vs_reference.py --ref-root "$refs" --device "$dev" $vsr --out "$dir/vs_reference_$dev.json"
+        limit=$saved
+    else
+        echo "== vs_reference: skipped, no reference checkouts in $refs (bash benchmarks/gpu.sh refs SRC makes them)" | tee -a "$log"
+    fi
     step eicue python3 benchmarks/eicue.py --device "$dev" $eig --out "$dir/eicue_$dev.json"
     step knn_mining python3 benchmarks/knn_mining.py --device "$dev" $knn --out "$dir/knn_mining_$dev.json"
     python3 - "$dir" <<'EOF' 2>&1 | tee "$dir/gpu_summary.txt"
@@ -61,6 +86,9 @@ for p in sorted(Path(sys.argv[1]).glob('*.json')):
     d = json.loads(p.read_text())
     rows = d.get('results')
     if rows: print(p.name, [(r.get('precision'), r.get('compile'), r.get('img_per_s'), r.get('sec_per_step')) for r in rows])
+    elif 'methods' in d: print(p.name, [(m['method'], {n: {k[len('ratio_reference_over_'):]: v['median'] for k, v in t.items() if k.startswith('ratio_')}
+                                                       for n, t in m.get('by_threads', {}).items()} or m.get('skipped') or m.get('error'))
+                                       for m in d['methods']])
     else: print(p.name, {k: d[k] for k in ('seconds_total', 'seconds_graph', 'seconds_eigh', 'images_per_second_features') if k in d})
 EOF
     echo "$failed failed" | tee -a "$log"
@@ -69,6 +97,7 @@ EOF
 
 case "${1:-}" in
     wheels) wheels ;;
+    refs) shift; refs "$@" ;;
     run) shift; run "$@" ;;
-    *) sed -n '2,10p' "$0"; exit 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

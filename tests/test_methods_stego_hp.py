@@ -93,9 +93,10 @@ def test_every_method_scores_the_probe_on_the_grid_by_default():
         with pytest.raises(ValueError, match='must be one of nearest, mode, upsample'): cfg.override({'linear_probe_labels': 'bilinear'})
 
 
-def test_hp_refuses_a_backbone_without_attention():
-    with pytest.raises(ValueError, match='ViT'):
-        get_method('hp').build(load_backbone('resnet50', weights='random'), 5, HpConfig.smoke())
+def test_hp_on_a_backbone_without_attention_reads_its_features_only():
+    "A CNN has no attention: HP reads the features and replaces the attention by their affinity (tests/test_cached_features.py)."
+    task = get_method('hp').build(load_backbone('resnet50', weights='random'), 5, HpConfig.smoke())
+    assert task.reads() == {'features': ('features', 1)}
 
 
 @pytest.mark.parametrize('method', ['stego', 'hp'])

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .. import __version__
-from ..core import atomic_save, atomic_write_text, default_device, save_figure, seed_worker, set_seed
+from ..core import atomic_save, atomic_write_text, default_device, reuse_freed_memory, save_figure, seed_worker, set_seed
 from .checkpoints import (CHECKPOINT_FORMAT, ResumableBatchSampler, SeededItems, _mix, checkpoint_path,
                                        frozen_fingerprint, get_rng_state, isolated_rng, load_checkpoint, load_task_state,
                                        set_rng_state, task_state)
@@ -271,6 +271,7 @@ def setup(self:Learner, resume:bool=False):
     dev = default_device(cfg.device)
     self.device = torch.device('cuda', self.dist.local_rank) if dev.type == 'cuda' and self.dist.world_size > 1 else dev
     check_precision(cfg.precision, self.device)
+    if self.device.type == 'cpu': reuse_freed_memory()   # glibc: big blocks stay in the process between steps
     self.sampler = ResumableBatchSampler(len(self.train_data), cfg.batch_size, cfg.seed, cfg.shuffle,
                                          self.dist.rank, self.dist.world_size)
     ck = None

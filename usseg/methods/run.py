@@ -152,6 +152,8 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
           dataset_kw:dict|None=None,
           sync_bn:bool|None=None, # DDP on GPUs: synchronise the BatchNorm layers that train (default: when the backbone's do)
           callbacks:list|None=None, # more `usseg.learner.Callback`s, after the default ones
+          cache_features:bool|str='auto', # train on backbone outputs computed once: True, False, or 'auto' (where allowed)
+          feature_cache:bool|str|Path|None=None, # where they live: None (memory), True (the usseg cache) or a folder
          ):
     "Train `method` on `dataset` into the run directory `out`; returns the `Run`."
     M = get_method(method)
@@ -186,6 +188,7 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
     if len(M.stages) > 1: _train_stages(task, spec, out, resume, redo)         # each stage in its own folder
     else:
         data = task.training_data(train_ds, task.spec)
+        data = task.cache_outputs(data, train_ds, cache_features, feature_cache, batch_size, default_device(device), progress != 'none')
         _fit(task, data, out, resume)
     return Run(out, task, spec)
 
@@ -221,7 +224,9 @@ class Run:
         return self.run_dir/stages[-1] if len(stages) > 1 else self.run_dir
 
     @property
-    def step(self) -> int: return int(load_checkpoint(self.checkpoint_dir)['step'])
+    def step(self) -> int:
+        "The training step of the saved checkpoint."
+        return int(load_checkpoint(self.checkpoint_dir)['step'])
 
     def assignment(self, split:str|None=None):
         "The cluster-to-class matching of the last saved evaluation on `split` (None if there is none)."

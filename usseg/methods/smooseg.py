@@ -108,7 +108,7 @@ class SmooSegMethod(SegTask):
 @patch
 def training_step(self:SmooSegMethod, batch:dict, step:int) -> dict:
     "SmooSeg's energy on one batch of images, plus the linear probe (ours) on the detached code."
-    feats, code = self.projection(self.features(batch['img']))       # (B, C, h, w) dropped out, (B, D, h, w)
+    feats, code = self.projection(self.outputs(batch)['features'])   # (B, C, h, w) dropped out, (B, D, h, w)
     p_s, p_t = self.predictor(code)                                    # (B, K, h, w) each
     self._phi_s_start = self.predictor.phi_s.detach().clone()         # the EMA target, as upstream (before the step)
     out = self.loss_fn(feats, p_s, p_t)

@@ -113,12 +113,17 @@ class StegoMethod(SegTask):
 def training_step(self:StegoMethod, batch:dict, step:int) -> dict:
     "Correspondence loss on `(img, img_pos)` plus the two probe losses on the detached code."
     cfg, B = self.cfg, len(batch['img'])
-    feats, code = self.head(self.features(torch.cat([batch['img'], batch['img_pos']])), return_feats=True)  # (2B, C|D, h, w)
+    feats, code = self.head(self.outputs(batch, ('img', 'img_pos'))['features'], return_feats=True)  # (2B, C|D, h, w)
     corr, parts = stego_loss(feats[:B], feats[B:], code[:B], code[B:], **cfg.loss_kwargs())   # Eq. (4)
     probes = self.probe_losses(code[:B], batch['label'])
     loss = cfg.correspondence_weight*corr + probes['cluster_loss'] + probes['linear_loss']
     return {'loss': loss, 'corr_loss': corr.detach(), **{k: v.detach() for k, v in probes.items()},
             **{f'corr_{k}': v for k, v in parts.items()}}
+
+@patch
+def fixed_views(self:StegoMethod) -> dict:
+    "The image and its neighbour: both the same pixels every epoch, at the split's indices `index` and `index_pos`."
+    return {'img': 'index', 'img_pos': 'index_pos'}
 
 @patch
 def configure_optimizers(self:StegoMethod) -> dict:
