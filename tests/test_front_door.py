@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from helpers import make_fake_tree
 
 #: The user's script: everything after the import lines is what the issue's run needs, and nothing is private.
@@ -69,7 +68,7 @@ def _python(code_or_args, tmp_path, **kw):
     env = {**os.environ, 'USSEG_HOME': str(tmp_path/'home'), 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': '1',
            'PYTHONPATH': str(Path(__file__).parents[1])}
     return subprocess.run([sys.executable, *code_or_args], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          preexec_fn=_drop_file_override, timeout=900, **kw)
+                          preexec_fn=_drop_file_override, timeout=900, check=False, **kw)
 
 
 def test_camvid_stego_run_through_the_front_door(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import usseg  # noqa: F401  (the compat shim first)
+import usseg  # the compat shim first
 import usseg.methods.base
 import usseg.methods.smooseg
 from usseg.backbones import load_backbone
@@ -69,12 +69,12 @@ def test_training_step_scores_the_probe_as_configured(method, module, monkeypatc
     "The step scores the linear probe with the config's `linear_probe_labels`, and nothing else in the step depends on it."
     calls, real, outs = [], module.linear_probe_loss, {}
     monkeypatch.setattr(module, 'linear_probe_loss', lambda lg, lab, labels='nearest': calls.append((labels, real(lg, lab, labels))) or calls[-1][1])
-    M = get_method(method)
+    M, batch = get_method(method), None
     for how in ('nearest', 'upsample'):
         torch.manual_seed(0)
         cfg = replace(M.default_config('synthetic', 'vit_tiny8', smoke=True), linear_probe_labels=how)
         task = M.build(load_backbone('vit_tiny8', weights='random', seed=0), 5, cfg).train()
-        batch = batch if how == 'upsample' else _batch(task)   # the same images
+        batch = _batch(task) if batch is None else batch        # the same images
         torch.manual_seed(1)                                      # the step's dropout
         outs[how] = task.training_step(batch, 5)
         assert [c[0] for c in calls] == [how] and torch.equal(outs[how]['linear_loss'], calls[0][1]); calls.clear()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import usseg  # noqa: F401
+import usseg
 import usseg.methods.base
 from usseg.backbones import load_backbone
 from usseg.data import get_dataset
@@ -69,12 +69,12 @@ def spy_probe_loss(monkeypatch, module):
 
 @pytest.mark.parametrize('method,cfg', [('stego', StegoConfig.smoke()), ('hp', HpConfig.smoke())])
 def test_training_step_scores_the_probe_as_configured(method, cfg, scenes, monkeypatch):
-    calls, losses = spy_probe_loss(monkeypatch, usseg.methods.base), {}
+    calls, losses, batch = spy_probe_loss(monkeypatch, usseg.methods.base), {}, None
     for how in ('nearest', 'upsample'):
         torch.manual_seed(0)
         task = get_method(method).build(load_backbone('vit_tiny8', weights='random', seed=0), 5, replace(cfg, linear_probe_labels=how))
         b = _batch(task, method, scenes)                          # (HP: the split its pools are drawn from)
-        batch = batch if how == 'upsample' else b                 # the same images and partners
+        batch = b if batch is None else batch                     # the same images and partners
         torch.manual_seed(1)                                      # the step's dropout and random pairs
         out = task.training_step(batch, 0)
         assert [c[0] for c in calls] == [how] and torch.equal(out['linear_loss'], calls[0][1].detach())
