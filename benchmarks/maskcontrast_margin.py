@@ -73,6 +73,33 @@ def mask_stats(run_dir:Path, ds) -> dict:
             'object_share_of_pixels': round(statistics.mean(obj_share), 4), 'object_classes': [ds.class_names[c] for c in objs]}
 
 
+@torch.no_grad()
+def prototype_spread(run_dir:Path, seed:int, n:int=16) -> dict:
+    """How far apart the key prototypes of different images are, before and after training: the mean cosine between
+    the prototypes of `n` training views (1: all alike, nothing to tell the images apart by) and the contrastive
+    loss of chance, ln(B + K)."""
+    from usseg.learner import isolated_rng
+    from usseg.losses.maskcontrast import mask_pool
+    from usseg.methods import load_run
+    from usseg.methods.maskcontrast import MaskContrastMethod, MaskContrastViews
+    run = load_run(run_dir, device='cpu')
+    cfg, ds = run.task.cfg, run.spec.split_dataset(run.spec.train_split, train=True)
+    with isolated_rng(seed): init = MaskContrastMethod.build(run.spec.build_backbone(), cfg.n_classes, cfg)
+    saved = torch.load(run_dir/'saliency'/'masks.pt', weights_only=True)
+    views = MaskContrastViews(ds, saved['masks'], saved['keep'], cfg.crop_size, cfg.crop_scale, cfg.min_area, cfg.max_area)
+    with isolated_rng(seed): items = [views[i] for i in range(min(n, len(views)))]
+    img, sal = torch.stack([it['img_key'] for it in items]), torch.stack([it['saliency_key'] for it in items])
+    out = {}
+    for name, task in (('initial', init), ('trained', run.task)):
+        task.eval()
+        k, _ = task.embed(img, key=True, size=img.shape[-2:])
+        p = mask_pool(torch.nn.functional.normalize(k, dim=1), sal)
+        c = p @ p.T
+        out[f'{name}_mean_cosine'] = round(float((c.sum() - c.diagonal().sum())/(len(p)*(len(p) - 1))), 4)
+    out['chance_loss_ln_B_plus_K'] = round(float(torch.log(torch.tensor(float(cfg.batch_size + cfg.queue_size)))), 4)
+    return out
+
+
 def curve(run_dir:Path) -> dict:
     recs = [json.loads(l) for l in (run_dir/'train'/'metrics.jsonl').read_text().splitlines()]
     tr = [r for r in recs if r.get('split') == 'train']
@@ -122,6 +149,7 @@ def main(argv=None):
         rec['method'] = scores(d/'probe'/'metrics.jsonl')
         rec['masks'] = mask_stats(d, run.spec.split_dataset(splits['train_split'], train=True))
         rec['curve'] = curve(d)
+        rec['prototypes'] = prototype_spread(d, seed)
         t1 = time.perf_counter()
         bd = runs/f'probe_s{seed}'
         train('probe', a.dataset, root, bd, seed=seed, steps=pst, resume=bd.exists(),
