@@ -18,6 +18,7 @@ each mask falls on the object classes) and its training curve, the evidence for 
 
     python benchmarks/maskcontrast_margin.py --seeds 0 1 2                       # CamVid (USSEG_SHARED_DATA or ../shared/data)
     python benchmarks/maskcontrast_margin.py --dataset synthetic --seeds 0 1 2   # synthetic scenes (train -> val)
+    python benchmarks/maskcontrast_margin.py --seeds 0 --set momentum=0.99 --tag _m099 --runs DIR   # an ablation (same baseline runs)
 
 Writes benchmarks/results/maskcontrast_margin_<dataset>.json after every seed (a run folder that exists is resumed).
 """
@@ -41,6 +42,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _kv(s:str) -> tuple:
+    k, v = s.split('=', 1)
+    try: v = json.loads(v)
+    except json.JSONDecodeError: pass
+    return k, v
 
 
 def camvid_root() -> Path:
@@ -117,8 +125,13 @@ def main(argv=None):
     p.add_argument('--probe-steps', type=int, default=None, help="probe steps on both sides (default: the setting's probe_steps)")
     p.add_argument('--runs', default=None, help='folder of the run folders (default: a temporary folder)')
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                   help='change a MaskContrast setting (an ablation: its run folders and JSON get --tag)')
+    p.add_argument('--tag', default='', help='suffix of the run folders and of the JSON name (needed with --set)')
     p.add_argument('--out', default=None)
     a = p.parse_args(argv)
+    changes = dict(_kv(x) for x in a.set)
+    if changes and not a.tag: p.error('--set changes the method: give the ablation a --tag (its runs and JSON are kept apart)')
     set_threads(a.threads)
     from usseg.methods.maskcontrast import MaskContrastConfig
     cfg = getattr(MaskContrastConfig, a.dataset)()
@@ -137,13 +150,13 @@ def main(argv=None):
            'train_split': splits['train_split'], 'eval_split': splits['eval_split'], 'config': cfg.source, 'steps': steps,
            'probe_steps': pst, 'batch_size': cfg.batch_size, 'queue_size': cfg.queue_size, 'crop_size': cfg.crop_size,
            'image_size': cfg.image_size, 'prior': cfg.prior, 'lr': cfg.lr, 'backbone': 'efficientnet_lite0_s8 (ImageNet, pip), all layers train',
-           'seeds': [], 'machine_start': machine()}
-    name = a.out or f'maskcontrast_margin_{a.dataset}'
+           'changes': changes, 'seeds': [], 'machine_start': machine()}
+    name = a.out or f'maskcontrast_margin_{a.dataset}{a.tag}'
     for seed in a.seeds:
         rec = {'seed': seed}
         t0 = time.perf_counter()
-        d = runs/f'maskcontrast_s{seed}'
-        run = train('maskcontrast', a.dataset, root, d, seed=seed, steps=steps, config={'probe_steps': pst}, resume=d.exists(),
+        d = runs/f'maskcontrast_s{seed}{a.tag}'
+        run = train('maskcontrast', a.dataset, root, d, seed=seed, steps=steps, config={'probe_steps': pst, **changes}, resume=d.exists(),
                     dataset_kw=dict(kw, seed=seed) if kw else None, **common)
         rec['train_seconds'] = round(time.perf_counter() - t0, 1)
         rec['method'] = scores(d/'probe'/'metrics.jsonl')
