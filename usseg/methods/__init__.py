@@ -17,7 +17,7 @@ METHODS = {
     'hp': 'usseg.methods.hp:HpMethod',
     'smooseg': 'usseg.methods.smooseg:SmooSegMethod',
     'eagle': 'usseg.methods.eagle:EagleMethod',
-    'maskcontrast': None,
+    'maskcontrast': 'usseg.methods.maskcontrast:MaskContrastMethod',
     'hsc': None,
 }
 
