@@ -52,6 +52,9 @@ run() {
         step "method_step hp batch 16" python3 benchmarks/method_step.py --method hp --device cuda --precision $prec \
             --batch-size 16 $steps --out "$dir/method_step_hp_b16_cuda.json"
     fi
+    if [ "$dev" = cuda ]; then hsc="--setting voc2012 --backbone resnet50_dilated --steps 5 --warmup 2"
+    else hsc="--setting smoke --steps 1 --warmup 0"; fi
+    step hsc_step python3 benchmarks/hsc_step.py --device "$dev" --dtype $prec $hsc --out "$dir/hsc_step_$dev.json"
     step eicue python3 benchmarks/eicue.py --device "$dev" $eig --out "$dir/eicue_$dev.json"
     step knn_mining python3 benchmarks/knn_mining.py --device "$dev" $knn --out "$dir/knn_mining_$dev.json"
     python3 - "$dir" <<'EOF' 2>&1 | tee "$dir/gpu_summary.txt"

@@ -10,7 +10,6 @@ the CAMs, both networks' weights and optimiser states, the logged metrics and th
 uninterrupted run.
 """
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -102,7 +101,7 @@ def test_train_load_run_and_baseline(tmp_path):
     run.task.eval()
     with torch.no_grad(): assert torch.equal(run.task.code(img), loaded.task.code(img))
     assert loaded.task.evaluate_wsss(run.spec.split_dataset('val'), device='cpu') == json.loads((tmp_path/'hsc'/'segmenter'/'wsss_eval.json').read_text())
-    base = train('cam', 'synthetic', tmp_path/'data', out=tmp_path/'cam', **SMALL)
+    train('cam', 'synthetic', tmp_path/'data', out=tmp_path/'cam', **SMALL)
     ck = load_checkpoint(tmp_path/'cam'/'cam')['task']
     assert ck['net.fc8.weight'].shape[0] == 2 and not any(k.startswith('net.proj_fc') for k in ck)   # K maps, no heads
     assert set(records(tmp_path/'cam'/'cam')[-1]) >= {'cls', 'loss'} and 'psc' not in records(tmp_path/'cam'/'cam')[-1]
