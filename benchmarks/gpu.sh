@@ -86,6 +86,9 @@ run() {
     else
         echo "== vs_reference: skipped, no reference checkouts in $refs (bash benchmarks/gpu.sh refs SRC makes them)" | tee -a "$log"
     fi
+    if [ "$dev" = cuda ]; then hsc="--setting voc2012 --backbone resnet50_dilated --steps 5 --warmup 2"
+    else hsc="--setting smoke --steps 1 --warmup 0"; fi
+    step hsc_step python3 benchmarks/hsc_step.py --device "$dev" --dtype $prec $hsc --out "$dir/hsc_step_$dev.json"
     step eicue python3 benchmarks/eicue.py --device "$dev" $eig --out "$dir/eicue_$dev.json"
     step knn_mining python3 benchmarks/knn_mining.py --device "$dev" $knn --out "$dir/knn_mining_$dev.json"
     python3 - "$dir" <<'EOF' 2>&1 | tee "$dir/gpu_summary.txt"

@@ -18,7 +18,8 @@ METHODS = {
     'smooseg': 'usseg.methods.smooseg:SmooSegMethod',
     'eagle': 'usseg.methods.eagle:EagleMethod',
     'maskcontrast': 'usseg.methods.maskcontrast:MaskContrastMethod',
-    'hsc': None,
+    'hsc': 'usseg.methods.hsc:HSCMethod',
+    'cam': 'usseg.methods.hsc:CamMethod',
 }
 
 def get_method(name:str) -> type:
