@@ -128,9 +128,9 @@ lease() {
     pinned() { local c=$1; shift; if [ -n "$pin" ]; then taskset -c "$c" "$@"; else "$@"; fi; }
     pack() { tar -czf "$dir/lease.tar.gz" -C "$work" . 2>/dev/null; }
     # sizes: the papers' on the GPU; tiny ones for the CPU dry run
-    local steps="--steps 5 --warmup 2" prec="fp32 bf16" img=224 mc="" hsc="--setting voc2012 --backbone resnet50_dilated" cpuargs=""
+    local steps="--steps 5 --warmup 2" prec="fp32 bf16" img=224 mc="--setting voc2012" hsc="--setting voc2012 --backbone resnet50_dilated" cpuargs=""
     if [ "$dev" = cpu ]; then
-        steps="--steps 1 --warmup 0 --batch-size 2"; prec="fp32"; img=32; mc="--batch-size 2 --steps 1 --warmup 0"
+        steps="--steps 1 --warmup 0 --batch-size 2"; prec="fp32"; img=32; mc="--setting smoke --batch-size 2 --steps 1 --warmup 0"
         hsc="--setting smoke --steps 1 --warmup 0"; cpuargs="--batch 2 --grid 14 --threads 1 --repeats 1 --warmup 0 --malloc glibc"
     fi
     { python3 -c 'import torch, usseg; print("torch", torch.__version__, "| usseg", usseg.__version__, "| cuda", torch.cuda.is_available() and torch.cuda.get_device_name())'
@@ -138,16 +138,18 @@ lease() {
     # the CPU side, in the background on the other cores
     local before=${BEFORE:-} after=${AFTER:-}
     ( if [ -d "$refs" ]; then
-          pinned "$ccpu" timeout $((budget - 20)) python3 benchmarks/vs_reference.py --ref-root "$refs" --device cpu $cpuargs \
+          pinned "$ccpu" timeout $((t_end - SECONDS - 15)) python3 benchmarks/vs_reference.py --ref-root "$refs" --device cpu $cpuargs \
               --out "$work/vs_reference_cpu.json" > "$work/vs_reference_cpu.log" 2>&1
           echo "vs_reference cpu: exit $?" >> "$work/cpu_side.txt"
       fi ) &
     local cpu1=$!
     ( if [ -n "$before" ] && [ "$before" != "$after" ]; then
-          local cargs="--pairs 5 --steps 3 --warmup 1 --batch-size 8"; [ "$dev" = cpu ] && cargs="--pairs 1 --steps 1 --warmup 0 --batch-size 2 --image-size 32"
-          pinned "$ccpu" timeout $((budget - 20)) python3 benchmarks/compare_commits.py --before "$before" --after "$after" $cargs \
-              --out "$work/before_after_methods.json" > "$work/compare_commits.log" 2>&1
-          echo "compare_commits $before $after: exit $?" >> "$work/cpu_side.txt"
+          local cargs="--pairs 4 --steps 2 --warmup 1 --batch-size 4"; [ "$dev" = cpu ] && cargs="--pairs 1 --steps 1 --warmup 0 --batch-size 2 --image-size 32"
+          for m in stego eagle; do   # one file per method: a method cut off by the budget does not lose the other
+              pinned "$ccpu" timeout $((t_end - SECONDS - 15)) python3 benchmarks/compare_commits.py --before "$before" --after "$after" \
+                  --methods $m $cargs --out "$work/before_after_$m.json" >> "$work/compare_commits.log" 2>&1
+              echo "compare_commits $m $before $after: exit $?" >> "$work/cpu_side.txt"
+          done
       fi ) &
     local cpu2=$! failed=0
     gstep() {   # gstep NAME LIMIT COMMAND...: a GPU measurement, bounded by LIMIT and by what is left of the budget
