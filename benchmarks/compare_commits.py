@@ -51,7 +51,8 @@ def step_time(tree: Path, method: str, a, out: Path) -> tuple:
            '--threads', str(a.threads), '--out', str(out)]
     if a.batch_size: cmd += ['--batch-size', str(a.batch_size)]
     if a.image_size: cmd += ['--image-size', str(a.image_size)]
-    env = {**os.environ, 'PYTHONPATH': str(tree), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': str(a.threads)}
+    rest = [q for q in os.environ.get('PYTHONPATH', '').split(os.pathsep) if q and Path(q).resolve() != ROOT]   # e.g. carried wheels
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(tree), *rest]), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': str(a.threads)}
     r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f'{method} in {tree} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}')
     res = json.loads(out.read_text())['results']
