@@ -1,4 +1,5 @@
-"""The installed `usseg` command: the demo, a train -> evaluate -> predict round trip, and one-line errors that write nothing."""
+"""The installed `usseg` command: the demo, a train -> evaluate -> predict round trip, your own backbone and a non-square
+size through the front door, `--threads` on every command, and one-line errors that write nothing."""
 import json
 import shutil
 import subprocess
@@ -60,6 +61,10 @@ def test_train_evaluate_predict_round_trip(tmp_path):
     ['evaluate', 'no_run'], ['predict', 'no_run', 'x.png', '--out', 'o'],
     ['baseline', '--dataset', 'camvid', '--data-root', 'missing', '--weights', 'random'],
     ['data', 'prepare', 'cityscapes27', '--root', 'd', '--no-download'],
+    ['train', 'probe', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8', '--image-size', '48', '50'],
+    ['train', 'probe', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random', '--backbone', 'no_module_here:build'],
+    ['baseline', '--dataset', 'synthetic', '--weights', 'random', '--image-size', '48x'],
+    ['evaluate', 'no_run', '--threads', '0'],
 ])
 def test_bad_arguments_one_line_nothing_written(tmp_path, args):
     r = run(*args, cwd=tmp_path)
@@ -68,6 +73,62 @@ def test_bad_arguments_one_line_nothing_written(tmp_path, args):
     assert len(lines) == 1 and 'error' in lines[0], r.stderr
     assert not (tmp_path/'r').exists() and not (tmp_path/'o').exists()
     if '--set' in args: assert 'its settings are: dim, dropout, extra_clusters, lr, cluster_lr' in lines[0], lines[0]   # the keys that exist
+
+
+MY_BACKBONES = """
+import torch
+from torch import nn
+from usseg.backbones import Backbone
+
+class PatchConv(Backbone):
+    def __init__(self, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        model = nn.Conv2d(3, 16, 8, 8)
+        with torch.no_grad():
+            for p in model.parameters(): p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        super().__init__(model, 'patch_conv', patch_size=8, embed_dim=16)
+    def forward(self, img):
+        self._check_image(img)
+        with self._grad(): return self.model(img)
+
+def build(seed=0): return PatchConv(seed)
+"""
+
+
+def test_own_backbone_wide_images_curves(tmp_path):
+    "--backbone module:factory (a module in the current folder), --image-size H W and HxW, curves.png; evaluate rebuilds the backbone."
+    (tmp_path/'my_backbones.py').write_text(MY_BACKBONES)
+    data = ('--dataset', 'synthetic', '--data-root', tmp_path/'data', '--n-images', '8', '--n-classes', '5', '--device', 'cpu')
+    r = run('train', 'stego', *data, '--out', tmp_path/'run', '--backbone', 'my_backbones:build', '--smoke', '--steps', '3',
+            '--image-size', '48', '80', '--threads', '1', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path/'run'/'curves.png').read_bytes()[:4] == b'\x89PNG' and 'curves in' in r.stdout
+    spec = json.loads((tmp_path/'run'/'config.json').read_text())['task']['spec']
+    assert (spec['backbone'], spec['image_size'], spec['eval_size'], spec['backbone_class']) == ('my_backbones:build', [48, 80], [48, 80], '')
+    r = run('evaluate', tmp_path/'run', '--json', '--device', 'cpu', '--threads', 'auto', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['n_images'] == 8
+    r = run('baseline', *data, '--backbone', 'my_backbones:build', '--image-size', '48x80', '--json', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['settings']['image_size'] == [48, 80]
+
+
+@pytest.mark.parametrize('args,threads', [(['evaluate', 'no_run', '--threads', '3'], 3), (['evaluate', 'no_run'], None),
+                                          (['predict', 'no_run', 'x.png', '--out', 'o', '--threads', 'auto'], 'auto'),
+                                          (['baseline', '--dataset', 'camvid', '--data-root', 'missing', '--threads', '2'], 2),
+                                          (['train', 'probe', '--dataset', 'synthetic', '--out', 'r', '--weights', 'w.pth', '--threads', '2'], 2),
+                                          (['data', 'prepare', 'cityscapes27', '--root', 'd', '--no-download', '--threads', '1'], 1),
+                                          (['demo', '--size', '20', '--threads', '2'], 2)])
+def test_threads_set_once_at_start(monkeypatch, tmp_path, args, threads):
+    "Every command takes --threads and calls usseg.core.set_threads once, before its work (None: $USSEG_NUM_THREADS or auto)."
+    import usseg.core
+    from usseg.cli import main
+    calls = []
+    monkeypatch.setattr(usseg.core, 'set_threads', lambda n=None: calls.append(n))
+    monkeypatch.chdir(tmp_path)
+    if args[0] == 'train': (tmp_path/'w.pth').write_bytes(b'not a checkpoint')
+    assert main(args) == 2                      # each fails on its input, after setting the threads
+    assert calls == [threads]
 
 
 def test_baseline_on_real_camvid():

@@ -1,8 +1,11 @@
-"""Dropout is off whenever usseg evaluates: through `evaluate`, `baseline`, `usseg evaluate` and the Learner's evaluation.
+"""Dropout is off whenever usseg evaluates: through `evaluate`, `baseline`, `usseg evaluate`, the Learner's evaluation,
+the evaluation inside each stage of a method in stages (`fit_stage`), and a run reloaded with `load_run`.
 
 Every `nn.Dropout*` forward is recorded while an evaluation entry point runs; a single call in training mode fails
 the test. (Checked by planting the bug: with `_module_of` returning None for bound methods, `evaluate(task.code)`
-records training-mode calls and the first test fails.)
+records training-mode calls and the first test fails. The stage test fails when the three guards on its path are removed
+together, `_module_of`, `_eval_fn`'s `task.eval()` and the Learner's, and when `load_run` leaves the task in training
+mode.)
 """
 import contextlib
 
@@ -15,7 +18,7 @@ from usseg.backbones import load_backbone
 from usseg.data import get_dataset
 from usseg.evaluate import baseline, evaluate
 from usseg.learner import Learner, TrainConfig
-from usseg.methods import get_method, train
+from usseg.methods import get_method, load_run, train
 
 SMOKE = dict(backbone='vit_tiny8', weights='random', device='cpu', progress='none', smoke=True,
              dataset_kw={'n_images': 8, 'n_classes': 5})
@@ -83,3 +86,20 @@ def test_learner_evaluation(tmp_path, dropout_calls):
     Learner(task, pairs, tmp_path/'run', TrainConfig(max_steps=1, batch_size=2, device='cpu', progress='none'),
             eval_fn=eval_fn).fit()
     assert seen['calls'] and not any(seen['calls']), seen
+
+
+def test_stage_evaluation_and_loaded_run(tmp_path, dropout_calls, monkeypatch):
+    "Each stage of a method in stages evaluates with dropout off; `load_run` gives the task in evaluation mode."
+    import usseg.methods.run as R
+    import toy_methods  # noqa: F401  (registers 'twostage', whose code has a Dropout2d, and 'bn_conv')
+    orig, seen = R.evaluate, []
+    def recorded(*a, **k):
+        with dropout_calls() as calls: res = orig(*a, **k)
+        seen.append(list(calls))
+        return res
+    monkeypatch.setattr(R, 'evaluate', recorded)
+    run = train('twostage', 'synthetic', tmp_path/'data', tmp_path/'run', backbone='bn_conv', steps=2, device='cpu', progress='none',
+                smoke=True, dataset_kw={'n_images': 8, 'n_classes': 5})
+    assert len(seen) == 2 and all(c and not any(c) for c in seen), seen    # the end of each stage
+    loaded = load_run(run.run_dir, device='cpu')
+    assert not loaded.task.training and not loaded.task.drop.training

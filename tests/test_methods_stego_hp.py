@@ -56,9 +56,10 @@ def test_one_step_moves_the_head_only(method, cfg, scenes):
     assert all(torch.equal(bb0[k], v) for k, v in task.backbone.state_dict().items())
 
 
-def test_hp_refuses_a_backbone_without_attention():
-    with pytest.raises(ValueError, match='ViT'):
-        get_method('hp').build(load_backbone('resnet50', weights='random'), 5, HpConfig.smoke())
+def test_hp_on_a_backbone_without_attention_reads_its_features_only():
+    "A CNN has no attention: HP reads the features and replaces the attention by their affinity (tests/test_cached_features.py)."
+    task = get_method('hp').build(load_backbone('resnet50', weights='random'), 5, HpConfig.smoke())
+    assert task.reads() == {'features': ('features', 1)}
 
 
 @pytest.mark.parametrize('method', ['stego', 'hp'])

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .backbones import load_backbone
 from .core import atomic_write, atomic_write_text, colorize, default_device, make_palette, normalize, to_display
 from .cluster import ClusterLookup, KMeans
 from .crf import CRFParams, CRFPool, crf_torch
@@ -267,7 +268,8 @@ def collect_features(feature_fn, # callable img -> (B, C, h, w)
     pts = torch.cat(out)
     return pts[torch.randperm(len(pts), generator=g)[:max_points]]
 
-def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e.g. a frozen backbone
+def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e.g. a frozen backbone, or a backbone name
+                         # (usseg's, registered, or 'module:factory'; loaded with its pretrained weights)
              fit_dataset, # k-means is fitted on its features
              eval_dataset, # and evaluated here
              n_clusters:int|None=None, # default: the number of classes
@@ -277,6 +279,7 @@ def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e
              alpha:float=2.0, upsample:str='code', batch_size:int=8, device='auto',
              max_images:int|None=None, settings:dict|None=None, progress:bool=False) -> EvalResult:
     "Frozen features -> k-means fitted on `fit_dataset` -> Hungarian metrics on `eval_dataset`."
+    if isinstance(feature_fn, str): feature_fn = load_backbone(feature_fn)
     n_classes = getattr(eval_dataset, 'n_classes', None)
     if not n_classes: raise ValueError('the evaluation dataset has no n_classes attribute')
     K = n_clusters or n_classes

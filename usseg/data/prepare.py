@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core import atomic_save, atomic_write, atomic_write_text, cache_dir, data_root, default_device
 from . import DATASETS, CroppedDataset, SegDataset, cropped_dir, get_dataset, voc_trainaug_ids
 from .external import fetch_resource, manual_steps
-from .transforms import EvalTransform
+from .transforms import EvalTransform, as_hw
 
 # %% ../../nbs/05_data.prepare.ipynb #9ef485c7
 def five_crop_boxes(hw:tuple, # (H, W) of the image
@@ -140,8 +140,9 @@ def knn_from_features(g:torch.Tensor, # (N, C) L2-normalised
 # %% ../../nbs/05_data.prepare.ipynb #af3c9b31
 def _safe(s:str) -> str: return re.sub(r'[^A-Za-z0-9_.+-]+', '-', str(s)).strip('-')
 
-def knn_file(root, backbone:str, dataset:str, split:str, crop:str|None, res:int) -> Path:
-    "STEGO's place for the neighbour file of a dataset variant: `<root>/nns/nns_...npz`."
+def knn_file(root, backbone:str, dataset:str, split:str, crop:str|None, res:int|tuple) -> Path:
+    "STEGO's place for the neighbour file of a dataset variant: `<root>/nns/nns_...npz` (a non-square `res` as `HxW`)."
+    res = res if isinstance(res, int) else 'x'.join(map(str, as_hw(res, 'res')))
     return Path(root)/'nns'/f'nns_{_safe(backbone)}_{_safe(dataset)}_{split}_{crop}_{res}.npz'
 
 def neighbours_dir(data_root:str|Path, # the dataset's root folder
@@ -171,7 +172,7 @@ def load_neighbours(path:str|Path, ds:SegDataset|None=None) -> np.ndarray:
 def compute_neighbours(ds:SegDataset, # the dataset variant training uses (cropped or not)
                        model, # callable `(B, 3, H, W) -> (B, C, h, w)`, e.g. `usseg.backbones.load_backbone(...)`
                        backbone_name:str, # goes into the file name
-                       res:int=224, # resize short side + centre crop (STEGO: 224)
+                       res:int|tuple=224, # resize (aspect kept) + centre crop to this side or (h, w) (STEGO: 224)
                        k:int=30, batch_size:int=64, device='auto', num_workers:int=0,
                        image_interp:str='bilinear', # `nearest` is what STEGO's script does
                        crop:str|None=None, # 'five' for a cropped variant (default: detected)

@@ -108,7 +108,7 @@ class SmooSegMethod(SegTask):
 @patch
 def training_step(self:SmooSegMethod, batch:dict, step:int) -> dict:
     "SmooSeg's energy on one batch of images, plus the linear probe (ours) on the detached code."
-    feats, code = self.projection(self.features(batch['img']))       # (B, C, h, w) dropped out, (B, D, h, w)
+    feats, code = self.projection(self.outputs(batch)['features'])   # (B, C, h, w) dropped out, (B, D, h, w)
     p_s, p_t = self.predictor(code)                                    # (B, K, h, w) each
     self._phi_s_start = self.predictor.phi_s.detach().clone()         # the EMA target, as upstream (before the step)
     out = self.loss_fn(feats, p_s, p_t)
@@ -123,8 +123,8 @@ def after_step(self:SmooSegMethod, step:int):
 
 @patch
 def configure_optimizers(self:SmooSegMethod) -> dict:
-    "Upstream's Adam with two groups (projection lr1, prototypes lr2), and an Adam for our linear probe."
+    "Upstream's Adam with two groups (projection lr1, prototypes lr2), an Adam for our linear probe, and the backbone's when it trains."
     c = self.cfg
     return {'smooseg': torch.optim.Adam([{'params': self.projection.parameters(), 'lr': c.lr},
                                          {'params': self.predictor.parameters(), 'lr': c.prototype_lr}]),
-            'linear_probe': torch.optim.Adam(self.linear_probe.parameters(), lr=c.linear_lr)}
+            'linear_probe': torch.optim.Adam(self.linear_probe.parameters(), lr=c.linear_lr), **self.backbone_optimizer()}

@@ -113,7 +113,7 @@ class StegoMethod(SegTask):
 def training_step(self:StegoMethod, batch:dict, step:int) -> dict:
     "Correspondence loss on `(img, img_pos)` plus the two probe losses on the detached code."
     cfg, B = self.cfg, len(batch['img'])
-    feats, code = self.head(self.features(torch.cat([batch['img'], batch['img_pos']])), return_feats=True)  # (2B, C|D, h, w)
+    feats, code = self.head(self.outputs(batch, ('img', 'img_pos'))['features'], return_feats=True)  # (2B, C|D, h, w)
     corr, parts = stego_loss(feats[:B], feats[B:], code[:B], code[B:], **cfg.loss_kwargs())   # Eq. (4)
     probes = self.probe_losses(code[:B], batch['label'])
     loss = cfg.correspondence_weight*corr + probes['cluster_loss'] + probes['linear_loss']
@@ -121,10 +121,15 @@ def training_step(self:StegoMethod, batch:dict, step:int) -> dict:
             **{f'corr_{k}': v for k, v in parts.items()}}
 
 @patch
+def fixed_views(self:StegoMethod) -> dict:
+    "The image and its neighbour: both the same pixels every epoch, at the split's indices `index` and `index_pos`."
+    return {'img': 'index', 'img_pos': 'index_pos'}
+
+@patch
 def configure_optimizers(self:StegoMethod) -> dict:
-    "Adam for the head (5e-4), the cluster probe (5e-3) and the linear probe (5e-3), as upstream."
+    "Adam for the head (5e-4), the cluster probe (5e-3) and the linear probe (5e-3), as upstream; the backbone's when it trains."
     return {'head': torch.optim.Adam(self.head.parameters(), lr=self.cfg.lr),
-            **self.probe_optimizers(self.cfg.cluster_lr, self.cfg.linear_lr)}
+            **self.probe_optimizers(self.cfg.cluster_lr, self.cfg.linear_lr), **self.backbone_optimizer()}
 
 # %% ../../nbs/41a_methods.stego.ipynb #0d0da816
 def knn_backbone_name(backbone:str, # a `load_backbone` name
@@ -144,6 +149,7 @@ def training_data(self:StegoMethod, dataset, # the training split, resized as tr
     "Items with a nearest-neighbour partner `img_pos`, from the run's neighbour file (computed on first use)."
     train = spec.get('train', {})
     name = knn_backbone_name(spec['backbone'], spec['weights'], spec.get('seed', 0))
+    if spec.get('backbone_class'): name = f"{spec['backbone']}-{self.backbone.fingerprint()}"   # a Backbone of your own: its weights
     res = spec.get('image_size') or dataset[0]['img'].shape[-1]
     path = compute_neighbours(dataset, self.backbone, name, res=res, device=train.get('device', 'auto'),
                               image_interp=spec.get('image_interp', 'bilinear'), verbose=train.get('progress') != 'none')
