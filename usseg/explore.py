@@ -284,10 +284,11 @@ def train_stego_head(feats:torch.Tensor, # `(N, C, h, w)` fixed backbone feature
               pos_intra_shift=0.5, pos_inter_shift=0.5, neg_inter_shift=0.8, neg_samples=2) | loss_kw
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        code = head(feats)
-        loss, _ = stego_loss(feats, feats.roll(1, 0), code, code.roll(1, 0), **kw, generator=g)
-        opt.zero_grad(); loss.backward(); opt.step()
+    with torch.enable_grad():                                          # also where the caller switched gradients off
+        for _ in range(steps):
+            code = head(feats)
+            loss, _ = stego_loss(feats, feats.roll(1, 0), code, code.roll(1, 0), **kw, generator=g)
+            opt.zero_grad(); loss.backward(); opt.step()
     return head.eval()
 
 def query_correlation(x:torch.Tensor, # `(N, C, h, w)`
@@ -367,7 +368,7 @@ def draw_cam(img:torch.Tensor, # `(N, 3, H, W)` normalised images
     K = cams.shape[1]
     cls = torch.nonzero(y[image]).flatten().tolist()[:3]
     lbl = cams_to_labels(cams[image:image + 1], y[image:image + 1], thr)
-    miou = label_miou(lbl, gts[image:image + 1], K + 1)[0]
+    miou = label_miou(lbl, gts[image:image + 1], K + 1, absent='skip')[0]   # per image: classes in neither are left out
     pal = palette if palette is not None else make_palette(K + 1)
     fig, axs = plt.subplots(1, 3 + len(cls), figsize=(2.2*(3 + len(cls)), 2.4))
     show_image(img[image], ax=axs[0], title='image')
