@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -109,6 +110,18 @@ def _wait_change(box, before: str | None, timeout: float) -> str | None:
     return None
 
 
+def _settle(box, timeout: float = 60) -> str | None:
+    "Wait until the explorer shows a figure that stays the same for a second and a half (key presses queue several redraws)."
+    t0, last, same = time.time(), None, 0
+    while time.time() - t0 < timeout:
+        now = box.evaluate(_IMG)
+        same = same + 1 if (now is not None and now == last) else 0
+        if same >= 3: return now
+        last = now
+        time.sleep(0.5)
+    return last
+
+
 def _start_kernel(page, timeout: float = 120):
     "Wait for the notebook's kernel, accepting the kernel dialog JupyterLab shows for a notebook it has not seen."
     t0 = time.time()
@@ -122,10 +135,14 @@ def _start_kernel(page, timeout: float = 120):
     raise TimeoutError(f'no idle kernel after {timeout} s')
 
 
-def _run_all(page, timeout: float):
+def _click_run_all(page):
     page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
     page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
-    t0, idle = time.time(), 0
+
+
+def _run_all(page, timeout: float):
+    _click_run_all(page)
+    t0, idle, stalled, retries = time.time(), 0, 0, 0
     while time.time() - t0 < timeout:   # done when every code cell ran (or one failed), none waits, and the kernel is idle
         state = page.evaluate("""() => {
             const p = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.innerText);
@@ -136,8 +153,17 @@ def _run_all(page, timeout: float):
         }""")
         idle = idle + 1 if (state['idle'] and not state['busy'] and (state['done'] or state['failed'])) else 0
         if idle >= 3: return
+        # an idle kernel with cells that never ran: the click came while the page was still settling (seen under load); click again
+        stalled = stalled + 1 if (state['idle'] and not state['busy'] and not state['done'] and not state['failed']) else 0
+        if stalled >= 20 and retries < 2:
+            _say('idle with cells not run: Run All Cells again'); _click_run_all(page); stalled, retries = 0, retries + 1
+        if int(time.time() - t0) % 20 == 0: _say('waiting:', state)
         time.sleep(0.5)
     raise TimeoutError(f'the notebook did not finish in {timeout} s')
+
+
+def _say(*a):
+    if os.environ.get('USSEG_BROWSER_VERBOSE'): print(time.strftime('%H:%M:%S'), *a, file=sys.stderr, flush=True)
 
 
 def check_notebook(nb: Path, screenshots: Path | None = None, moves: int = 3, timeout: float = 600,
@@ -159,6 +185,7 @@ def check_notebook(nb: Path, screenshots: Path | None = None, moves: int = 3, ti
             page.goto(f'{base}/lab/tree/{copy.name}?token={token}')
             page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=120_000)
             _start_kernel(page)
+            _say('kernel ready; running all cells')
             try: _run_all(page, timeout)
             except TimeoutError:
                 if screenshots: page.screenshot(path=str(Path(screenshots)/f'{nb.stem}-timeout.png'))
@@ -167,6 +194,7 @@ def check_notebook(nb: Path, screenshots: Path | None = None, moves: int = 3, ti
             for i in range(errs.count()):
                 t = errs.nth(i).inner_text()
                 if 'Traceback' in t or 'Error:' in t: res.errors.append(t[-2000:])
+            _say(f'all cells ran; {len(res.errors)} error output(s)')
             boxes = page.locator('.widget-vbox:has(> .widget-output)')
             for k in range(boxes.count()):
                 box = boxes.nth(k)
@@ -199,8 +227,9 @@ def check_notebook(nb: Path, screenshots: Path | None = None, moves: int = 3, ti
                     if after is None and kind == 'slider':   # at the right end: go the other way
                         for _ in range(2*moves): page.keyboard.press('ArrowLeft')
                         after = _wait_change(box, before, 60)
-                    time.sleep(0.3)
+                    _settle(box)
                     chk.controls.append((label, kind, after is not None, st0, box.evaluate(_STATUS)))
+                    _say(f'explorer {k}: {label} ({kind}): {"changed" if after else "NO CHANGE"}')
                     shot(f'{j}-{label.strip().replace(" ", "_")}')
                 res.explorers.append(chk)
             browser.close()
@@ -216,10 +245,12 @@ def main(argv=None) -> int:
     ap.add_argument('notebooks', nargs='+')
     ap.add_argument('--screenshots', default=None)
     ap.add_argument('--moves', type=int, default=3, help='arrow-key presses per slider move')
+    ap.add_argument('--timeout', type=float, default=600, help='seconds to wait for the notebook to run')
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `timeout` or a kill: stop JupyterLab and delete the copy on the way out
     ok = True
     for nb in a.notebooks:
-        r = check_notebook(Path(nb), a.screenshots, a.moves)
+        r = check_notebook(Path(nb), a.screenshots, a.moves, a.timeout)
         print(f'{nb}: {len(r.explorers)} explorer(s), {r.seconds:.0f} s' + (' OK' if r.ok else ' FAILED'))
         for e in r.errors: print('  error output:', e.strip().splitlines()[-1])
         for ex in r.explorers:

@@ -351,10 +351,11 @@ def draw_saliency(photos:Photos, maps:dict, # prior name -> `(N, 1, h, w)` salie
     return fig
 
 def saliency_explorer(photos:Photos, maps:dict, fg:torch.Tensor, valid:torch.Tensor):
-    "`draw_saliency` with menus for the prior and the photo and sliders for the threshold and the smallest segment."
+    "`draw_saliency` with menus for the photo and the prior and sliders for the threshold and the smallest segment (a share of the image)."
     return explorer(partial(draw_saliency, photos, maps, fg, valid),
-                    {'prior': dropdown('prior', list(maps)), 'image': dropdown('photo', [(n, i) for i, n in enumerate(photos.names)]),
-                     'threshold': slider('threshold', 0.0, 1.0, 0.5, 0.05), 'min_area': slider('smallest segment', 0.0, 0.1, 0.01, 0.005)},
+                    {'image': dropdown('photo', [(n, i) for i, n in enumerate(photos.names)]),
+                     'threshold': slider('threshold', 0.0, 1.0, 0.5, 0.05), 'min_area': slider('smallest segment', 0.0, 0.2, 0.01, 0.01),
+                     'prior': dropdown('prior', list(maps))},
                     title='from a saliency map to a mask')
 
 # %% ../nbs/34_explore.ipynb #abe83428
