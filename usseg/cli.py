@@ -158,7 +158,7 @@ def cmd_evaluate(a):
     from usseg.methods import load_run
     run = load_run(a.run_dir, a.device)
     res = run.evaluate(a.split, crf=a.crf, flip=a.flip, max_images=a.max_images, batch_size=a.batch_size, device=a.device,
-                       crf_workers=min(4, os.cpu_count() or 1) if a.crf else 0)
+                       crf_workers=min(4, os.cpu_count() or 1) if a.crf else 0, progress=None)   # a bar on a terminal only
     print(res.to_json() if a.json else res._repr_markdown_())
 
 # %% ../nbs/42_cli.ipynb #c76eca30
@@ -202,7 +202,7 @@ def cmd_baseline(a):
     if a.max_images: fit_ds = _subset(fit_ds, a.max_images)
     res = baseline(bb, fit_ds, eval_ds, a.n_clusters, seed=a.seed, fit_split=fit, crf=a.crf or None, device=a.device,
                    max_images=a.max_images, settings={'backbone': a.backbone, 'weights': a.weights, 'dataset': a.dataset,
-                                                      'split': a.split, 'image_size': size})
+                                                      'split': a.split, 'image_size': size}, progress=None)
     print(res.to_json() if a.json else res._repr_markdown_())
 
 def _subset(ds, n):
@@ -243,7 +243,7 @@ def cmd_predict(a):
     from usseg.methods import load_run
     files = image_files(a.images)
     run = load_run(a.run_dir, a.device)
-    paths = run.predict(files, a.out, size=a.size, device=a.device)
+    paths = run.predict(files, a.out, size=a.size, device=a.device, progress=None)
     print(f'{len(files)} image(s) -> {len(paths)} files in {a.out}' + ('' if run.assignment() else
           ' (cluster ids: run usseg evaluate first to colour them by matched class)'))
 
@@ -307,16 +307,17 @@ def demo(out:str|Path='usseg_demo', # output folder
     bb = load_backbone('vit_tiny8', weights='random', seed=seed)
     say = print if verbose else (lambda *a, **k: None)
     say(f'{n_images} synthetic scenes per split ({size} px, {n_classes} classes), a random vit_tiny8 as the frozen backbone')
-    km = baseline(bb, fit_ds, eval_ds, n_classes, seed=seed, flip=True, fit_split='train', device=device,
+    km = baseline(bb, fit_ds, eval_ds, n_classes, seed=seed, flip=True, fit_split='train', device=device, progress=None if verbose else False,
                   settings={'method': 'k-means on random ViT features (usseg demo)', 'dataset': 'synthetic', 'split': 'val'})
     say(f'k-means on the frozen features: mIoU {km.miou:.1f}, pixel accuracy {km.acc:.1f}')
     cfg = StegoConfig.synthetic()
     steps = steps or cfg.max_steps
     say(f'training STEGO for {steps} steps on the same features ...', flush=True)
     run = train('stego', 'synthetic', root, run_dir, backbone='vit_tiny8', weights='random', seed=seed, steps=steps,
-                batch_size=min(cfg.batch_size, n_images), image_size=size, device=device, smoke=False, progress='none',
+                batch_size=min(cfg.batch_size, n_images), image_size=size, device=device, smoke=False,
+                progress='bar' if verbose and sys.stderr.isatty() else 'none',   # a bar on a terminal, nothing in a log
                 save_every=0, dataset_kw={'n_images': n_images, 'n_classes': n_classes, 'seed': seed})
-    st = run.evaluate(device=device)
+    st = run.evaluate(device=device, progress=None if verbose else False)
     gain = {'miou': st.miou - km.miou, 'acc': st.acc - km.acc}
     say(f'STEGO (cluster probe): mIoU {st.miou:.1f}, pixel accuracy {st.acc:.1f}: '
         f'{gain["miou"]:+.1f} mIoU, {gain["acc"]:+.1f} accuracy over k-means on the same features')

@@ -396,7 +396,8 @@ def _weights_digest(m:nn.Module) -> str:
 def backbone_store(self:SegTask, dataset:Dataset, # the training split (items with `img`)
                    batch_size:int=16, device=None, # default: where the backbone is
                    cache:bool|str|Path|None=None, # None/False: in memory; True: `$USSEG_HOME/cache/features`; or a folder
-                   progress:bool=False) -> dict: # `{name: (N, ...)}` float32, on the CPU
+                   progress:bool|None=False, # a bar; None: only when stderr is a terminal
+                  ) -> dict: # `{name: (N, ...)}` float32, on the CPU
     "What `reads()` names, for every image of `dataset`, computed once (under an isolated random state)."
     with torch.no_grad():                           # outputs to store, not to train through
         if self.backbone_trains: raise ValueError('the backbone trains, so its outputs change with every step: nothing to store')
@@ -417,7 +418,7 @@ def backbone_store(self:SegTask, dataset:Dataset, # the training split (items wi
             if all(v is not None for v in got.values()): return got
         from tqdm.auto import tqdm
         N, store = len(dataset), {}
-        with isolated_rng(0), tqdm(total=N, disable=not progress, desc=f'backbone outputs, {N} images') as bar:
+        with isolated_rng(0), tqdm(total=N, disable=None if progress is None else not progress, desc=f'backbone outputs, {N} images') as bar:
             for s in range(0, N, batch_size):
                 img = torch.stack([dataset[i]['img'] for i in range(s, min(N, s + batch_size))]).to(dev)
                 for k, t in read_backbone(bb, img, reads).items():

@@ -135,6 +135,10 @@ def _fit(task:SegTask, data, run_dir:Path, resume:bool, trained=None, evaluate:b
     return learner
 
 # %% ../../nbs/41_methods.run.ipynb #0d613cc2
+def _bar(progress:str) -> bool|None:
+    "The `progress` of a run's other bars (feature caching) from `TrainConfig.progress`: 'auto' a bar on a terminal only (None), 'bar' always."
+    return None if progress == 'auto' else progress == 'bar'
+
 def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
           dataset:str='synthetic', data_root:str|Path|None=None,
           out:str|Path='runs/run', # the run directory
@@ -188,7 +192,7 @@ def train(method:str, # a registry name: probe, stego, hp, smooseg, eagle
     if len(M.stages) > 1: _train_stages(task, spec, out, resume, redo)         # each stage in its own folder
     else:
         data = task.training_data(train_ds, task.spec)
-        data = task.cache_outputs(data, train_ds, cache_features, feature_cache, batch_size, default_device(device), progress != 'none')
+        data = task.cache_outputs(data, train_ds, cache_features, feature_cache, batch_size, default_device(device), _bar(progress))
         _fit(task, data, out, resume)
     return Run(out, task, spec)
 
@@ -204,6 +208,7 @@ class Run:
                  crf:bool|str=False, flip:bool|None=None, # default: the method's
                  max_images:int|None=None, batch_size:int=8, device:str='auto', crf_workers:int=0,
                  save:bool=True, # write `eval_<split>[_crf].json` into the run directory
+                 progress:bool|None=False, # a bar; None: only when stderr is a terminal
                 ) -> EvalResult:
         "Evaluate the run on a split with the usseg protocol."
         split = split or self.spec.eval_split
@@ -213,7 +218,7 @@ class Run:
         self.task.eval()
         res = evaluate(self.task.code, ds, crf=crf or None, batch_size=batch_size, device=device, max_images=max_images,
                        crf_workers=crf_workers, settings={'method': self.spec.method, 'dataset': self.spec.dataset, 'split': split,
-                                                          'run': str(self.run_dir), 'step': self.step}, **heads)
+                                                          'run': str(self.run_dir), 'step': self.step}, progress=progress, **heads)
         if save: res.to_json(self.run_dir/f"eval_{split}{'_crf' if crf else ''}.json")
         return res
 
@@ -238,15 +243,18 @@ class Run:
 
     def predict(self, images:list, # image files
                 out_dir:str|Path, size:int|None=None, # resize so the long side is at most this (default: the eval size's long side x 2)
-                device:str='auto') -> list:
+                device:str='auto',
+                progress:bool|None=False, # a bar; None: only when stderr is a terminal
+               ) -> list:
         "Colour masks and overlays for image files (classes when an evaluation has matched the clusters)."
+        from tqdm.auto import tqdm
         size = size or 2*max(as_hw(self.spec.eval_size))
         mult = getattr(self.task.backbone, 'patch_size', 8)
         heads = self.task.eval_heads()
         self.task.eval()
         paths = []
         palette = make_palette(self.task.n_classes + self.task.extra_clusters)
-        for p in images:
+        for p in tqdm(images, desc='predict', leave=False, disable=None if progress is None else not progress):
             x = read_image_tensor(p, max_size=size, multiple=mult)
             pred = predict_masks(self.task.code, [x], heads['cluster_head'], assignment=self.assignment(), palette=palette,
                                  alpha=heads['alpha'], flip=heads['flip'], device=device)
