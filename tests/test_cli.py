@@ -136,7 +136,7 @@ def test_baseline_on_real_camvid():
     from usseg.data import shared_data
     root = shared_data('camvid_segnet')
     if root is None: pytest.skip('the CamVid copy (../shared/data/camvid_segnet, or $USSEG_SHARED_DATA) is not present')
-    r = run('baseline', '--dataset', 'camvid', '--data-root', root, '--backbone', 'dino_vits8', '--weights', 'random',
+    r = run('baseline', '--dataset', 'camvid', '--data-root', root, '--backbone', 'dino_vits8', '--weights', 'random', '--split', 'val',
             '--image-size', '64', '--max-images', '6', '--device', 'cpu', '--json')
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
