@@ -90,7 +90,12 @@ def label_frequency(dataset, a) -> dict:
     names = list(ds.class_names)
     ids = [names.index(c) for c in cfg.foreground]
     lab = torch.stack([ds[i]['label'] for i in range(len(ds))])
-    return {c: round(float(torch.stack([(l == i).any() for l in lab]).float().mean()), 3) for c, i in zip(cfg.foreground, ids)}
+    valid = (lab >= 0).flatten(1).sum(1).clamp_min(1)
+    share = torch.stack([(lab == i).flatten(1).sum(1) / valid for i in ids], 1)            # (N, K) share of each image's labelled pixels
+    out = {c: round(float((share[:, j] > 0).float().mean()), 3) for j, c in enumerate(cfg.foreground)}   # present: one pixel (upstream)
+    out['present_if_share_above'] = {str(t): {c: round(float((share[:, j] > t).float().mean()), 3) for j, c in enumerate(cfg.foreground)}
+                                     for t in (0.001, 0.003, 0.01, 0.03)}
+    return out
 
 
 def main(argv=None):
