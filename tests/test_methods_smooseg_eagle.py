@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import usseg  # noqa: F401  (the compat shim first)
+import usseg  # the compat shim first
+import usseg.methods.base
+import usseg.methods.smooseg
 from usseg.backbones import load_backbone
 from usseg.data.synthetic import SyntheticScenes
 from usseg.learner import load_checkpoint
@@ -60,6 +62,25 @@ def test_one_step_changes_the_trainable_parts_only(method, trained):
     # every trainable parameter got a gradient (nothing is silently detached)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in task.named_parameters() if p.requires_grad), \
         [n for n, p in task.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+
+
+@pytest.mark.parametrize('method,module', [('smooseg', usseg.methods.smooseg), ('eagle', usseg.methods.base), ('probe', usseg.methods.base)])
+def test_training_step_scores_the_probe_as_configured(method, module, monkeypatch):
+    "The step scores the linear probe with the config's `linear_probe_labels`, and nothing else in the step depends on it."
+    calls, real, outs = [], module.linear_probe_loss, {}
+    monkeypatch.setattr(module, 'linear_probe_loss', lambda lg, lab, labels='nearest': calls.append((labels, real(lg, lab, labels))) or calls[-1][1])
+    M, batch = get_method(method), None
+    for how in ('nearest', 'upsample'):
+        torch.manual_seed(0)
+        cfg = replace(M.default_config('synthetic', 'vit_tiny8', smoke=True), linear_probe_labels=how)
+        task = M.build(load_backbone('vit_tiny8', weights='random', seed=0), 5, cfg).train()
+        batch = _batch(task) if batch is None else batch        # the same images
+        torch.manual_seed(1)                                      # the step's dropout
+        outs[how] = task.training_step(batch, 5)
+        assert [c[0] for c in calls] == [how] and torch.equal(outs[how]['linear_loss'], calls[0][1]); calls.clear()
+    assert not torch.equal(outs['nearest']['linear_loss'], outs['upsample']['linear_loss'])
+    for k in set(outs['nearest']) - {'linear_loss', 'loss'}:
+        torch.testing.assert_close(outs['nearest'][k], outs['upsample'][k], rtol=0, atol=0, msg=k)
 
 
 def test_smooseg_teacher_follows_the_student_of_the_step_start():

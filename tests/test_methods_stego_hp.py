@@ -5,18 +5,20 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-import usseg  # noqa: F401
+import usseg
+import usseg.methods.base
 from usseg.backbones import load_backbone
 from usseg.data import get_dataset
 from usseg.data.prepare import neighbours_dir
 from usseg.data.transforms import EvalTransform
 from usseg.learner import load_checkpoint
-from usseg.methods import get_method, load_run, train
+from usseg.methods import available_methods, get_method, load_run, train
 from usseg.methods.hp import HpConfig
 from usseg.methods.stego import StegoConfig
 
@@ -54,6 +56,41 @@ def test_one_step_moves_the_head_only(method, cfg, scenes):
     task.after_step(0)
     assert any(not torch.equal(head0[k], v) for k, v in task.head.state_dict().items())
     assert all(torch.equal(bb0[k], v) for k, v in task.backbone.state_dict().items())
+
+
+def spy_probe_loss(monkeypatch, module):
+    "Record the `labels` rule and the value of every `linear_probe_loss` call made from `module`."
+    calls, real = [], module.linear_probe_loss
+    def spy(logits, label, labels='nearest'):
+        calls.append((labels, real(logits, label, labels))); return calls[-1][1]
+    monkeypatch.setattr(module, 'linear_probe_loss', spy)
+    return calls
+
+
+@pytest.mark.parametrize('method,cfg', [('stego', StegoConfig.smoke()), ('hp', HpConfig.smoke())])
+def test_training_step_scores_the_probe_as_configured(method, cfg, scenes, monkeypatch):
+    calls, losses, batch = spy_probe_loss(monkeypatch, usseg.methods.base), {}, None
+    for how in ('nearest', 'upsample'):
+        torch.manual_seed(0)
+        task = get_method(method).build(load_backbone('vit_tiny8', weights='random', seed=0), 5, replace(cfg, linear_probe_labels=how))
+        b = _batch(task, method, scenes)                          # (HP: the split its pools are drawn from)
+        batch = b if batch is None else batch                     # the same images and partners
+        torch.manual_seed(1)                                      # the step's dropout and random pairs
+        out = task.training_step(batch, 0)
+        assert [c[0] for c in calls] == [how] and torch.equal(out['linear_loss'], calls[0][1].detach())
+        losses[how] = out; calls.clear()
+    assert not torch.equal(losses['nearest']['linear_loss'], losses['upsample']['linear_loss'])
+    for k in losses['nearest']:                                   # nothing else in the step depends on it
+        if k not in ('linear_loss', 'loss'): torch.testing.assert_close(losses['nearest'][k], losses['upsample'][k], rtol=0, atol=0, msg=k)
+
+
+def test_every_method_scores_the_probe_on_the_grid_by_default():
+    for name in available_methods():
+        M = get_method(name)
+        for cfg in (M.default_config('synthetic', 'vit_tiny8', smoke=True), M.default_config('cocostuff27'), M.default_config('camvid')):
+            assert cfg.linear_probe_labels == 'nearest', (name, cfg.dataset)
+        assert cfg.override({'linear_probe_labels': 'upsample'}).linear_probe_labels == 'upsample'
+        with pytest.raises(ValueError, match='must be one of nearest, mode, upsample'): cfg.override({'linear_probe_labels': 'bilinear'})
 
 
 def test_hp_on_a_backbone_without_attention_reads_its_features_only():

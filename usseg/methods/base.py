@@ -25,7 +25,7 @@ from ..cluster import ClusterLookup
 from ..core import cache_dir, make_palette, show_grid
 from ..features import FeatureCache, dataset_identity
 from ..learner import Task, isolated_rng
-from ..models.heads import LinearProbe, linear_probe_loss
+from ..models.heads import PROBE_LABELS, LinearProbe, linear_probe_loss
 
 # %% ../../nbs/41_methods.base.ipynb #1d3c0e7a
 def _set_backbone_rule(backbone:nn.Module, cfg) -> nn.Module:
@@ -87,13 +87,10 @@ class SegTask(Task):
         "The cluster-probe loss (no labels) and the linear-probe cross-entropy, on the detached code."
         code = code.detach()
         cluster_loss, _ = self.cluster_probe(code, None)
-        return {'cluster_loss': cluster_loss, 'linear_loss': linear_probe_loss(self.linear_probe(code), self.probe_labels(label))}
+        return {'cluster_loss': cluster_loss, 'linear_loss': linear_probe_loss(self.linear_probe(code), label, self.probe_labels)}
 
-    def probe_labels(self, label:torch.Tensor, # (B, H, W)
-                    ) -> torch.Tensor:
-        "The labels the linear probe trains on: every `cfg.probe_label_stride`-th row and column (CPU settings: a 16th of the cost at 4)."
-        s = getattr(self.cfg, 'probe_label_stride', 1)
-        return label if s == 1 else label[:, s//2::s, s//2::s]
+    @property
+    def probe_labels(self) -> str: return getattr(self.cfg, 'linear_probe_labels', 'nearest')   # how the linear probe is scored
 
     def probe_optimizers(self, cluster_lr:float=5e-3, linear_lr:float=5e-3) -> dict:
         "Adam for each probe (STEGO: 5e-3 both)."
@@ -156,7 +153,7 @@ class MethodConfig:
     image_size: int|tuple = 224      # training resolution: a side, or (h, w)
     five_crop: bool = False          # train on the five-crop copy of the training split
     clip_grad_norm: float|None = None  # clip the gradient norm of the task's `clip_parameters()` (None: never)
-    probe_label_stride: int = 1      # the linear probe's training loss on every s-th label row and column (1: all, upstream's)
+    linear_probe_labels: str = 'nearest'  # score the linear probe on the patch grid ('nearest', 'mode') or, as STEGO, 'upsample'
     freeze_backbone: bool = True     # False: the backbone trains too, with its own optimiser (`SegTask.backbone_optimizer`)
     backbone_lr: float|None = None   # its learning rate (None: `lr`)
     backbone_train: tuple = ('',)    # the backbone's layers that train, by name prefix (`('',)`: all of them)
@@ -171,6 +168,8 @@ class MethodConfig:
     fixed: ClassVar[dict] = {'dataset': 'chosen by --dataset', 'n_classes': 'set from the data', 'backbone': 'set by --backbone',
                              'in_dim': "set from the backbone's channels", 'source': 'a record of where the values come from'}
     renamed: ClassVar[dict] = {'n_feats': 'in_dim', 'lr_linear': 'linear_lr', 'lr_cluster': 'cluster_lr', 'grad_norm': 'clip_grad_norm'}
+    choices: ClassVar[dict] = {'linear_probe_labels': PROBE_LABELS}   # settings that take one of a few values
+    since: ClassVar[dict] = {'linear_probe_labels': 'upsample'}   # added later: what a config.json stored before ran with
 
     @property
     def n_clusters(self) -> int: return self.n_classes + self.extra_clusters
@@ -203,6 +202,8 @@ class MethodConfig:
             why = ''.join(f'; {k} is {self.fixed[k]}' for k in bad if k in self.fixed)
             raise ValueError(f"{self.paper} has no setting {', '.join(map(repr, bad))}{why}; its settings are: {', '.join(self.settable())}")
         for k, v in changes.items():
+            if k in self.choices and v not in self.choices[k]:
+                raise ValueError(f"{self.paper} setting {k} must be one of {', '.join(self.choices[k])} (got {v!r})")
             old, optional = getattr(self, k), 'None' in str(self.__dataclass_fields__[k].type)
             if v is None: ok = optional
             elif isinstance(old, bool) or isinstance(v, bool): ok = isinstance(v, bool) and isinstance(old, bool)
@@ -219,9 +220,9 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, d:dict):
-        "The configuration a run stored in `config.json` (older names renamed, settings that no longer exist dropped)."
+        "The configuration a run stored in `config.json` (older names renamed, settings that no longer exist dropped, later ones as the run ran)."
         names = {f.name for f in fields(cls)}
-        d = {cls.renamed.get(k, k): v for k, v in d.items()}
+        d = {**cls.since, **{cls.renamed.get(k, k): v for k, v in d.items()}}
         tuples = {f.name for f in fields(cls) if isinstance(f.default, tuple)} | cls._pairs()   # JSON stores tuples as lists
         return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in d.items() if k in names})
 

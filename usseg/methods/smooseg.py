@@ -76,7 +76,7 @@ class SmooSegConfig(MethodConfig):
     def camvid(cls):
         "usseg's setting for CamVid (11 classes) with the offline `efficientnet_lite0`: the Cityscapes block, shortened."
         return replace(cls.cityscapes27(), dataset='camvid', n_classes=11, backbone='efficientnet_lite0', in_dim=112,
-                       image_size=(352, 480), five_crop=False, probe_label_stride=4, max_steps=250,
+                       image_size=(352, 480), five_crop=False, max_steps=250,
                        source='usseg: SmooSeg:configs/train_config.yaml (commit 1eecdec7), the active (Cityscapes) block, on CamVid '
                               'with efficientnet_lite0: 352x480 frames without five-crops, the linear probe on every 4th label pixel, 250 steps (8,000 images); nothing tuned')
 
@@ -120,7 +120,7 @@ def training_step(self:SmooSegMethod, batch:dict, step:int) -> dict:
     p_s, p_t = self.predictor(code)                                    # (B, K, h, w) each
     self._phi_s_start = self.predictor.phi_s.detach().clone()         # the EMA target, as upstream (before the step)
     out = self.loss_fn(feats, p_s, p_t)
-    lin = linear_probe_loss(self.linear_probe(code.detach()), batch['label'])
+    lin = linear_probe_loss(self.linear_probe(code.detach()), batch['label'], self.probe_labels)
     return {'loss': out.loss + lin, 'energy': out.loss, 'smooth': out.smooth, 'data': out.data,
             'intra_cd': out.intra_cd, 'inter_cd': out.inter_cd, 'linear_loss': lin}
 

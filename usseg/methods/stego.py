@@ -79,7 +79,7 @@ class StegoConfig(MethodConfig):
     def camvid(cls):
         "usseg's setting for CamVid (11 classes) with the offline `efficientnet_lite0`: the Cityscapes block, shortened."
         return replace(cls.cityscapes27(), dataset='camvid', n_classes=11, backbone='efficientnet_lite0', in_dim=112,
-                       image_size=(352, 480), five_crop=False, probe_label_stride=4, max_steps=500,
+                       image_size=(352, 480), five_crop=False, max_steps=500,
                        source="usseg: STEGO:src/configs/train_config.yml, block 'Cityscapes 10/3' (weights, shifts, D 100), "
                               "on CamVid with efficientnet_lite0: 352x480 frames without five-crops, the linear probe on every 4th label pixel, 500 steps (8,000 images); nothing tuned")
 
