@@ -55,7 +55,7 @@ def test_train_evaluate_predict_round_trip(tmp_path):
     ['train', 'probe', '--dataset', 'nowhere', '--out', 'r'],                         # unknown dataset
     ['train', 'probe', '--dataset', 'synthetic', '--out', 'r', '--weights', 'w.pth'],  # no such weights file
     ['train', 'probe', '--dataset', 'camvid', '--data-root', 'missing', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8'],
-    ['train', 'hsc', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random'],                # planned, not built yet
+    ['train', 'no_such_method', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random'],     # no such method
     ['train', 'stego', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8', '--set', 'unknown_key=1'],
     ['train', 'hp', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8', '--set', 'in_dim=8'],
     ['evaluate', 'no_run'], ['predict', 'no_run', 'x.png', '--out', 'o'],
