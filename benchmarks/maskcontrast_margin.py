@@ -35,11 +35,13 @@ import torch
 
 import usseg  # noqa: F401  (compat shim before timm)
 from usseg.core import set_threads
+from usseg.data import get_dataset
+from usseg.data.transforms import EvalTransform
 from usseg.methods import train
 from usseg.priors.saliency import foreground, object_classes
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, write  # noqa: E402
+from _common import RESULTS as RESULTS_DIR, machine, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +63,12 @@ def scores(metrics_file:Path) -> dict:
     ev = [json.loads(l) for l in Path(metrics_file).read_text().splitlines() if '"split": "eval"' in l]
     if not ev: raise RuntimeError(f'{metrics_file} holds no evaluation: did the run finish?')
     return {k: round(ev[-1][k], 2) for k in ('step', 'cluster_miou', 'cluster_acc', 'linear_miou', 'linear_acc')}
+
+
+def finished(metrics_file:Path, step:int) -> bool:
+    "Whether a run has its final evaluation at `step` (then it is read, not resumed: nothing is recomputed)."
+    p = Path(metrics_file)
+    return p.is_file() and any(json.loads(l).get('step') == step for l in p.read_text().splitlines() if '"split": "eval"' in l)
 
 
 def mask_stats(run_dir:Path, ds) -> dict:
@@ -152,29 +160,37 @@ def main(argv=None):
            'image_size': cfg.image_size, 'prior': cfg.prior, 'lr': cfg.lr, 'backbone': 'efficientnet_lite0_s8 (ImageNet, pip), all layers train',
            'changes': changes, 'seeds': [], 'machine_start': machine()}
     name = a.out or f'maskcontrast_margin_{a.dataset}{a.tag}'
+    before = {}                                   # a finished seed keeps the timings of the run that trained it
+    if Path(RESULTS_DIR/f'{name}.json').is_file() and not a.out:
+        before = {r['seed']: r for r in json.loads((RESULTS_DIR/f'{name}.json').read_text())['seeds']}
     for seed in a.seeds:
         rec = {'seed': seed}
         t0 = time.perf_counter()
         d = runs/f'maskcontrast_s{seed}{a.tag}'
-        run = train('maskcontrast', a.dataset, root, d, seed=seed, steps=steps, config={'probe_steps': pst, **changes}, resume=d.exists(),
-                    dataset_kw=dict(kw, seed=seed) if kw else None, **common)
-        rec['train_seconds'] = round(time.perf_counter() - t0, 1)
+        if not finished(d/'probe'/'metrics.jsonl', pst):
+            train('maskcontrast', a.dataset, root, d, seed=seed, steps=steps, config={'probe_steps': pst, **changes}, resume=d.exists(),
+                  dataset_kw=dict(kw, seed=seed) if kw else None, **common)
+            rec['train_seconds'] = round(time.perf_counter() - t0, 1)
+        else: rec['train_seconds'] = before.get(seed, {}).get('train_seconds')
         rec['method'] = scores(d/'probe'/'metrics.jsonl')
-        rec['masks'] = mask_stats(d, run.spec.split_dataset(splits['train_split'], train=True))
+        ds = get_dataset(a.dataset, root, splits['train_split'], transform=EvalTransform(cfg.image_size), **(dict(kw, seed=seed) if kw else {}))
+        rec['masks'] = mask_stats(d, ds)
         rec['curve'] = curve(d)
         rec['prototypes'] = prototype_spread(d, seed)
         t1 = time.perf_counter()
         bd = runs/f'probe_s{seed}'
-        train('probe', a.dataset, root, bd, seed=seed, steps=pst, resume=bd.exists(),
-                     dataset_kw=dict(kw, seed=seed) if kw else None, **common)
+        if not finished(bd/'metrics.jsonl', pst):
+            train('probe', a.dataset, root, bd, seed=seed, steps=pst, resume=bd.exists(),
+                  dataset_kw=dict(kw, seed=seed) if kw else None, **common)
+            rec['baseline_seconds'] = round(time.perf_counter() - t1, 1)
+        else: rec['baseline_seconds'] = before.get(seed, {}).get('baseline_seconds')
         rec['baseline'] = scores(bd/'metrics.jsonl')
-        rec['baseline_seconds'] = round(time.perf_counter() - t1, 1)
         rec['margin'] = {k: round(rec['method'][k] - rec['baseline'][k], 2) for k in ('cluster_miou', 'linear_miou', 'cluster_acc', 'linear_acc')}
         rec['load_average_1m'] = round(os.getloadavg()[0], 2)
         out['seeds'].append(rec)
         print(f"seed {seed}: MaskContrast cluster {rec['method']['cluster_miou']:.1f} linear {rec['method']['linear_miou']:.1f} | "
               f"initial cluster {rec['baseline']['cluster_miou']:.1f} linear {rec['baseline']['linear_miou']:.1f} | margins "
-              f"{rec['margin']['cluster_miou']:+.1f} / {rec['margin']['linear_miou']:+.1f} ({rec['train_seconds']:.0f} s + {rec['baseline_seconds']:.0f} s)", flush=True)
+              f"{rec['margin']['cluster_miou']:+.1f} / {rec['margin']['linear_miou']:+.1f} ({rec['train_seconds']} s + {rec['baseline_seconds']} s)", flush=True)
         for k in ('cluster_miou', 'linear_miou'):
             v = [s['margin'][k] for s in out['seeds']]
             out[f'margin_{k}'] = {'mean': round(statistics.mean(v), 2), 'std': round(statistics.stdev(v), 2) if len(v) > 1 else None, 'per_seed': v}

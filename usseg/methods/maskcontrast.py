@@ -6,7 +6,7 @@
 __all__ = ['PRIORS', 'MaskContrastConfig', 'make_prior', 'saliency_masks', 'MaskContrastViews', 'MaskContrastMethod',
            'poly_epochs']
 
-# %% ../../nbs/41e_methods.maskcontrast.ipynb #1e0566b1
+# %% ../../nbs/41e_methods.maskcontrast.ipynb #6c4b051b
 import copy
 import math
 from dataclasses import dataclass, replace
@@ -27,7 +27,7 @@ from ..models.deeplab import DeepLabHead
 from ..priors import CentrePrior, prior_maps
 from ..priors.saliency import SpectralPrior, TokenCutPrior, postprocess_saliency
 
-# %% ../../nbs/41e_methods.maskcontrast.ipynb #205068b3
+# %% ../../nbs/41e_methods.maskcontrast.ipynb #8865ec5d
 PRIORS = ('dataset', 'tokencut', 'spectral', 'centre')
 
 @dataclass
@@ -107,7 +107,7 @@ class MaskContrastConfig(MethodConfig):
         return replace(cls.camvid(), dataset='synthetic', n_classes=8, batch_size=4, queue_size=8, max_steps=4, probe_steps=4,
                        image_size=64, crop_size=48, source='usseg: smoke')
 
-# %% ../../nbs/41e_methods.maskcontrast.ipynb #a5641ce9
+# %% ../../nbs/41e_methods.maskcontrast.ipynb #daf8a7cd
 def make_prior(cfg:MaskContrastConfig, # its `prior` and the prior's settings
                backbone:nn.Module, # the backbone the prior reads (copied and frozen here)
               ):
@@ -135,7 +135,7 @@ def saliency_masks(cfg:MaskContrastConfig, backbone:nn.Module, # the prior and t
     size = tuple(dataset[0]['img'].shape[-2:])
     return postprocess_saliency(maps.float(), cfg.prior_threshold, cfg.prior_min_segment, cfg.prior_min_foreground, size=size)
 
-# %% ../../nbs/41e_methods.maskcontrast.ipynb #a0679aed
+# %% ../../nbs/41e_methods.maskcontrast.ipynb #a683a01a
 class MaskContrastViews(Dataset):
     "Query and key views of the kept training images, each with its mask; both views 1-99 % foreground."
     def __init__(self, dataset:Dataset, # the training split (ImageNet-normalised `img`, `label`)
@@ -168,7 +168,7 @@ class MaskContrastViews(Dataset):
             j = self.idx[int(torch.randint(len(self.idx), ()))]    # upstream: another image after three failures
         raise RuntimeError('no view pair with 1-99 % foreground in 100 images: the masks are nearly empty or nearly full')
 
-# %% ../../nbs/41e_methods.maskcontrast.ipynb #caae1900
+# %% ../../nbs/41e_methods.maskcontrast.ipynb #82bbecc9
 class MaskContrastMethod(SegTask):
     "MaskContrast: a DeepLab network trained by contrasting salient objects across images, with a momentum key encoder and a queue."
     name = 'maskcontrast'
@@ -200,7 +200,7 @@ class MaskContrastMethod(SegTask):
             for m in (self.backbone, self.head, self.key_backbone, self.key_head): m.train(False)
         return self
 
-# %% ../../nbs/41e_methods.maskcontrast.ipynb #82817b55
+# %% ../../nbs/41e_methods.maskcontrast.ipynb #aba88c93
 @patch
 def training_step(self:MaskContrastMethod, batch:dict, step:int) -> dict:
     "The contrastive step (stage `train`) or the probes on the frozen code (stage `probe`)."
@@ -230,7 +230,7 @@ def after_step(self:MaskContrastMethod, step:int):
     self.queue_ptr.fill_(enqueue_(self.queue, int(self.queue_ptr), keys))
     self._pending = None
 
-# %% ../../nbs/41e_methods.maskcontrast.ipynb #06044d54
+# %% ../../nbs/41e_methods.maskcontrast.ipynb #2d2b7449
 def poly_epochs(step:int, steps_per_epoch:int, epochs:int, power:float=0.9) -> float:
     "MaskContrast's learning-rate factor (1 - epoch/epochs)^power, the epoch of `step`."
     return (1 - min(step//max(steps_per_epoch, 1), epochs - 1)/epochs)**power
@@ -247,7 +247,7 @@ def configure_optimizers(self:MaskContrastMethod):
     f = lambda s: poly_epochs(s, spe, epochs, cfg.poly_power)
     return opts, {k: torch.optim.lr_scheduler.LambdaLR(o, f) for k, o in opts.items()}
 
-# %% ../../nbs/41e_methods.maskcontrast.ipynb #8fc00387
+# %% ../../nbs/41e_methods.maskcontrast.ipynb #7a873f86
 @patch
 def run_stage(self:MaskContrastMethod, name:str, spec, ctx) -> dict:
     "Stage `saliency`: the masks; `train`: the contrastive training; `probe`: the probes on the frozen network."
