@@ -30,10 +30,18 @@ def git(*args, cwd=ROOT) -> str:
 
 
 def checkout(ref: str, tmp: Path) -> Path:
-    "A detached worktree of `ref` under `tmp` (removed by `cleanup`)."
+    "A detached worktree of `ref` under `tmp` (removed at the end), or `ref` itself when it is a folder holding a copy."
+    if (Path(ref)/'benchmarks'/'method_step.py').exists(): return Path(ref).resolve()
     path = tmp/ref.replace('/', '_')
     git('worktree', 'add', '--detach', str(path), ref)
     return path
+
+
+def label(ref: str) -> str:
+    "A commit's short hash; a folder's `COMMIT` file (written beside a `git archive` copy) or its name."
+    if Path(ref).is_dir(): return (Path(ref)/'COMMIT').read_text().strip() if (Path(ref)/'COMMIT').exists() else Path(ref).name
+    try: return git('rev-parse', '--short', ref)
+    except (subprocess.CalledProcessError, OSError): return ref
 
 
 def step_time(tree: Path, method: str, a, out: Path) -> tuple:
@@ -43,7 +51,8 @@ def step_time(tree: Path, method: str, a, out: Path) -> tuple:
            '--threads', str(a.threads), '--out', str(out)]
     if a.batch_size: cmd += ['--batch-size', str(a.batch_size)]
     if a.image_size: cmd += ['--image-size', str(a.image_size)]
-    env = {**os.environ, 'PYTHONPATH': str(tree), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': str(a.threads)}
+    rest = [q for q in os.environ.get('PYTHONPATH', '').split(os.pathsep) if q and Path(q).resolve() != ROOT]   # e.g. carried wheels
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(tree), *rest]), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': str(a.threads)}
     r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f'{method} in {tree} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}')
     res = json.loads(out.read_text())['results']
@@ -52,8 +61,8 @@ def step_time(tree: Path, method: str, a, out: Path) -> tuple:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--before', required=True, help='the commit before the change')
-    p.add_argument('--after', default=None, help='the commit after it (default: this checkout, as it is)')
+    p.add_argument('--before', required=True, help='the commit before the change, or a folder holding its files (`git archive`)')
+    p.add_argument('--after', default=None, help='the commit after it, or a folder (default: this checkout, as it is)')
     p.add_argument('--methods', nargs='+', default=['stego', 'eagle'])
     p.add_argument('--pairs', type=int, default=5, help='before/after pairs per method')
     p.add_argument('--steps', type=int, default=3)
@@ -69,6 +78,7 @@ def main(argv=None):
         before = checkout(a.before, tmp); trees.append(before)
         after = checkout(a.after, tmp) if a.after else ROOT
         if a.after: trees.append(after)
+        trees = [t for t in trees if t.is_relative_to(tmp)]              # folders given by the user stay
         rows = []
         for m in a.methods:
             pairs = []
@@ -84,7 +94,7 @@ def main(argv=None):
                          'after_s_median': statistics.median(x['after_s'] for x in pairs),
                          'load_median': statistics.median(x['load_before'] for x in pairs)})
         write(a.out, {'benchmark': 'method_step.py before and after a change, alternating processes',
-                      'before': git('rev-parse', '--short', a.before), 'after': git('rev-parse', '--short', a.after or 'HEAD') + ('' if a.after else ' (checkout)'),
+                      'before': label(a.before), 'after': label(a.after) if a.after else label('HEAD') + ' (checkout)',
                       'settings': {k: getattr(a, k) for k in ('steps', 'warmup', 'threads', 'batch_size', 'image_size', 'pairs')},
                       'methods': rows, 'machine': machine()})
         print('| method | before s/step | after s/step | ratio before/after (median, min-max) | load |\n|---|---|---|---|---|')

@@ -899,7 +899,8 @@ def resolve_roots(a) -> dict:
     return roots
 
 
-def run_all(a) -> dict:
+def run_all(a, out_path=None) -> dict:
+    "Every method in turn; with `out_path`, the figures so far are written after each method (a run stopped at a time limit keeps them)."
     device = torch.device(a.device)
     roots = resolve_roots(a)
     variants = {m: [v for v in a.variants if v != 'compile' or m in a.compile_methods] for m in a.methods}
@@ -923,6 +924,7 @@ def run_all(a) -> dict:
         except Exception as e:                      # one broken method must not lose the others' figures
             import traceback; traceback.print_exc()
             out['methods'].append({'method': m, 'error': f'{type(e).__name__}: {e}'})
+        if out_path: atomic_write_text(out_path, json.dumps({**out, 'partial': True}, indent=1) + '\n')
     out['machine_after'] = machine()
     return out
 
@@ -972,7 +974,7 @@ def main(argv=None):
               'MICV-yonsei/EAGLE at the commits in shared/reference/methods_stego_family.md and pass --ref-root DIR '
               '(or --ref-stego PATH, ...).')
         return
-    result = run_all(a)
+    result = run_all(a, out_path)
     atomic_write_text(out_path, json.dumps(result, indent=1) + '\n')
     print(f'wrote {out_path}')
     print(markdown(result))

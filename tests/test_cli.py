@@ -55,7 +55,7 @@ def test_train_evaluate_predict_round_trip(tmp_path):
     ['train', 'probe', '--dataset', 'nowhere', '--out', 'r'],                         # unknown dataset
     ['train', 'probe', '--dataset', 'synthetic', '--out', 'r', '--weights', 'w.pth'],  # no such weights file
     ['train', 'probe', '--dataset', 'camvid', '--data-root', 'missing', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8'],
-    ['train', 'maskcontrast', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random'],
+    ['train', 'no_such_method', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random'],     # no such method
     ['train', 'stego', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8', '--set', 'unknown_key=1'],
     ['train', 'hp', '--dataset', 'synthetic', '--out', 'r', '--weights', 'random', '--backbone', 'vit_tiny8', '--set', 'in_dim=8'],
     ['evaluate', 'no_run'], ['predict', 'no_run', 'x.png', '--out', 'o'],
@@ -136,9 +136,42 @@ def test_baseline_on_real_camvid():
     from usseg.data import shared_data
     root = shared_data('camvid_segnet')
     if root is None: pytest.skip('the CamVid copy (../shared/data/camvid_segnet, or $USSEG_SHARED_DATA) is not present')
-    r = run('baseline', '--dataset', 'camvid', '--data-root', root, '--backbone', 'dino_vits8', '--weights', 'random',
+    r = run('baseline', '--dataset', 'camvid', '--data-root', root, '--backbone', 'dino_vits8', '--weights', 'random', '--split', 'val',
             '--image-size', '64', '--max-images', '6', '--device', 'cpu', '--json')
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res['n_images'] == 6 and res['settings']['fit']['split'] == 'test' and not res['settings']['fit']['transductive']
     assert len(res['cluster']['iou']) == 11 and 0 < res['acc'] < 100
+
+
+def test_camvid_cli_equals_python_api(tmp_path):
+    "CamVid without a train split (the shared copy): `usseg baseline` and `usseg train stego` + `usseg evaluate` give the Python API's numbers for the same seed, training on val and reporting test (issue 13; toy size, random weights)."
+    import torch
+    from helpers import make_fake_tree
+    from usseg.backbones import load_backbone
+    from usseg.data import get_dataset
+    from usseg.data.transforms import EvalTransform
+    from usseg.evaluate import baseline
+    from usseg.methods import train
+    torch.set_num_threads(1)
+    root = make_fake_tree('camvid', tmp_path/'data', n=4, size=(48, 64))
+    for d in ('train', 'trainannot'): shutil.rmtree(root/'CamVid'/d)
+    common = ('--data-root', root, '--backbone', 'vit_tiny8', '--weights', 'random', '--seed', '1', '--device', 'cpu', '--threads', '1')
+    r = run('baseline', '--dataset', 'camvid', '--image-size', '32', '--json', *common)
+    assert r.returncode == 0, r.stderr
+    cli = json.loads(r.stdout)
+    assert (cli['settings']['split'], cli['settings']['fit']['split']) == ('test', 'val')
+    ds = lambda s: get_dataset('camvid', root, s, transform=EvalTransform(32))
+    api = baseline(load_backbone('vit_tiny8', weights='random', seed=1), ds('val'), ds('test'), seed=1, device='cpu')
+    assert abs(cli['miou'] - api.miou) < 1e-3 and abs(cli['acc'] - api.acc) < 1e-3, (cli['miou'], api.miou)
+    r = run('train', 'stego', '--dataset', 'camvid', '--out', tmp_path/'cli', '--smoke', '--image-size', '32', '--eval-size', '32', *common)
+    assert r.returncode == 0, r.stderr
+    r = run('evaluate', tmp_path/'cli', '--json', '--device', 'cpu', '--threads', '1')
+    assert r.returncode == 0, r.stderr
+    cli = json.loads(r.stdout)
+    run_ = train('stego', 'camvid', root, tmp_path/'api', backbone='vit_tiny8', weights='random', seed=1, smoke=True, image_size=32,
+                 eval_size=32, device='cpu', progress='none')
+    assert (run_.spec.train_split, run_.spec.eval_split) == ('val', 'test')
+    api = run_.evaluate(save=False, device='cpu')
+    assert abs(cli['cluster']['miou'] - api.cluster['miou']) < 1e-3 and abs(cli['cluster']['acc'] - api.cluster['acc']) < 1e-3, \
+        (cli['cluster'], api.cluster)

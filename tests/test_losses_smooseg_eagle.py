@@ -244,5 +244,5 @@ def test_nce_schedule_is_a_step():
 def test_configs():
     assert SmooSegConfig.cocostuff27().max_steps == 8000 and SmooSegConfig.cityscapes27().max_steps == 3000
     assert EagleConfig.cocostuff27().eigen_clusters == 32 and EagleConfig.cityscapes27().eigen_clusters == 28
-    with pytest.raises(ValueError, match='no SmooSeg configuration'): SmooSegConfig.for_dataset('camvid')
+    with pytest.raises(ValueError, match='no SmooSeg configuration'): SmooSegConfig.for_dataset('voc2012')
     with pytest.raises(ValueError, match='no EAGLE configuration'): EagleConfig.for_dataset('potsdam3')

@@ -106,7 +106,7 @@ def _add_train(sub):
     p.add_argument('--batch-size', type=positive_int, default=None, help="global batch (default: the method's)")
     _size_arg(p, "training resolution: a side, or H W (default: the method's)")
     p.add_argument('--eval-size', nargs='+', action=ImageSize, default=None, metavar='N|H W|HxW',
-                   help='evaluation resolution (default: 320 COCO/Cityscapes, 224 Potsdam, else the training size)')
+                   help='evaluation resolution (default: 320 COCO/Cityscapes, 224 Potsdam, 352x480 CamVid, else the training size)')
     p.add_argument('--resume', action='store_true', help='continue the run in --out (a method in stages: at the unfinished stage)')
     p.add_argument('--redo', action='append', default=[], metavar='STAGE',
                    help='a method in stages: run STAGE again, and the stages after it (implies --resume)')
@@ -115,6 +115,8 @@ def _add_train(sub):
     p.add_argument('--eval-every', type=int, default=0, help='evaluate every N steps (default: at the end only)')
     p.add_argument('--eval-images', type=positive_int, default=None, help='evaluate on at most N images during training')
     p.add_argument('--save-every', type=int, default=500)
+    p.add_argument('--train-split', default=None, help='the split it trains on (default: train; CamVid without train: val)')
+    p.add_argument('--eval-split', default=None, help='the split it reports (default: val; CamVid: test)')
     p.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'])
     p.add_argument('--num-workers', type=int, default=0)
     _threads_arg(p)
@@ -125,7 +127,8 @@ def cmd_train(a):
     run = train(a.method, a.dataset, a.data_root, a.out, backbone=a.backbone, weights=a.weights, steps=a.steps,
                 batch_size=a.batch_size, image_size=a.image_size, eval_size=a.eval_size, device=a.device, seed=a.seed, resume=a.resume, redo=a.redo,
                 smoke=a.smoke, config=dict(a.set) or None, eval_every=a.eval_every, eval_images=a.eval_images,
-                save_every=a.save_every, precision=a.precision, num_workers=a.num_workers, dataset_kw=_dataset_kw(a))
+                save_every=a.save_every, precision=a.precision, num_workers=a.num_workers, dataset_kw=_dataset_kw(a),
+                train_split=a.train_split, eval_split=a.eval_split)
     curves = save_run_curves(run)
     print(f'run saved in {run.run_dir} (step {run.step}){"; curves in " + ", ".join(map(str, curves)) if curves else ""}; '
           f'evaluate it with: usseg evaluate {run.run_dir}')
@@ -158,7 +161,7 @@ def cmd_evaluate(a):
     from usseg.methods import load_run
     run = load_run(a.run_dir, a.device)
     res = run.evaluate(a.split, crf=a.crf, flip=a.flip, max_images=a.max_images, batch_size=a.batch_size, device=a.device,
-                       crf_workers=min(4, os.cpu_count() or 1) if a.crf else 0)
+                       crf_workers=min(4, os.cpu_count() or 1) if a.crf else 0, progress=None)   # a bar on a terminal only
     print(res.to_json() if a.json else res._repr_markdown_())
 
 # %% ../nbs/42_cli.ipynb #c76eca30
@@ -174,12 +177,13 @@ def _add_baseline(sub):
     p = sub.add_parser('baseline', help='k-means on frozen features, scored with the usseg protocol')
     _data_args(p)
     _model_args(p)
-    _size_arg(p, 'evaluation resolution: a side, or H W (default: 320 COCO/Cityscapes, 224 Potsdam/CamVid/synthetic)')
-    p.add_argument('--split', default='val', help='the reported split (default: val)')
+    _size_arg(p, 'evaluation resolution: a side, or H W (default: 320 COCO/Cityscapes, 352x480 CamVid, 224 Potsdam/synthetic)')
+    p.add_argument('--split', default=None, help='the reported split (default: val; CamVid: test)')
     p.add_argument('--fit-split', default=None, help='the split k-means is fitted on (default: train, else another split)')
     p.add_argument('--n-clusters', type=positive_int, default=None, help='default: the number of classes')
     p.add_argument('--max-images', type=positive_int, default=None, help='use at most N images of each split')
     p.add_argument('--crf', action='store_true')
+    p.add_argument('--flip', action='store_true', help='flip test-time augmentation (STEGO, SmooSeg and EAGLE score with it)')
     p.add_argument('--json', action='store_true')
     _threads_arg(p)
     p.set_defaults(func=cmd_baseline)
@@ -190,8 +194,9 @@ def cmd_baseline(a):
     from usseg.data.transforms import EvalTransform
     from usseg.evaluate import baseline, choose_fit_split
     from usseg.methods import EVAL_SIZE
-    from usseg.methods.run import check_image_size
+    from usseg.methods.run import EVAL_SPLIT, check_image_size
     kw = _dataset_kw(a)
+    a.split = a.split or EVAL_SPLIT.get(a.dataset, 'val')
     size = a.image_size or EVAL_SIZE.get(a.dataset, 224)
     if a.dataset == 'synthetic': kw.setdefault('size', size)
     bb = load_backbone(a.backbone, weights=a.weights, seed=a.seed, device='cpu')
@@ -200,9 +205,9 @@ def cmd_baseline(a):
     ds = lambda s: get_dataset(a.dataset, a.data_root, s, transform=EvalTransform(size), **kw)
     fit_ds, eval_ds = ds(fit), ds(a.split)
     if a.max_images: fit_ds = _subset(fit_ds, a.max_images)
-    res = baseline(bb, fit_ds, eval_ds, a.n_clusters, seed=a.seed, fit_split=fit, crf=a.crf or None, device=a.device,
+    res = baseline(bb, fit_ds, eval_ds, a.n_clusters, seed=a.seed, fit_split=fit, crf=a.crf or None, flip=a.flip, device=a.device,
                    max_images=a.max_images, settings={'backbone': a.backbone, 'weights': a.weights, 'dataset': a.dataset,
-                                                      'split': a.split, 'image_size': size})
+                                                      'split': a.split, 'image_size': size}, progress=None)
     print(res.to_json() if a.json else res._repr_markdown_())
 
 def _subset(ds, n):
@@ -243,7 +248,7 @@ def cmd_predict(a):
     from usseg.methods import load_run
     files = image_files(a.images)
     run = load_run(a.run_dir, a.device)
-    paths = run.predict(files, a.out, size=a.size, device=a.device)
+    paths = run.predict(files, a.out, size=a.size, device=a.device, progress=None)
     print(f'{len(files)} image(s) -> {len(paths)} files in {a.out}' + ('' if run.assignment() else
           ' (cluster ids: run usseg evaluate first to colour them by matched class)'))
 
@@ -307,16 +312,17 @@ def demo(out:str|Path='usseg_demo', # output folder
     bb = load_backbone('vit_tiny8', weights='random', seed=seed)
     say = print if verbose else (lambda *a, **k: None)
     say(f'{n_images} synthetic scenes per split ({size} px, {n_classes} classes), a random vit_tiny8 as the frozen backbone')
-    km = baseline(bb, fit_ds, eval_ds, n_classes, seed=seed, flip=True, fit_split='train', device=device,
+    km = baseline(bb, fit_ds, eval_ds, n_classes, seed=seed, flip=True, fit_split='train', device=device, progress=None if verbose else False,
                   settings={'method': 'k-means on random ViT features (usseg demo)', 'dataset': 'synthetic', 'split': 'val'})
     say(f'k-means on the frozen features: mIoU {km.miou:.1f}, pixel accuracy {km.acc:.1f}')
     cfg = StegoConfig.synthetic()
     steps = steps or cfg.max_steps
     say(f'training STEGO for {steps} steps on the same features ...', flush=True)
     run = train('stego', 'synthetic', root, run_dir, backbone='vit_tiny8', weights='random', seed=seed, steps=steps,
-                batch_size=min(cfg.batch_size, n_images), image_size=size, device=device, smoke=False, progress='none',
+                batch_size=min(cfg.batch_size, n_images), image_size=size, device=device, smoke=False,
+                progress='bar' if verbose and sys.stderr.isatty() else 'none',   # a bar on a terminal, nothing in a log
                 save_every=0, dataset_kw={'n_images': n_images, 'n_classes': n_classes, 'seed': seed})
-    st = run.evaluate(device=device)
+    st = run.evaluate(device=device, progress=None if verbose else False)
     gain = {'miou': st.miou - km.miou, 'acc': st.acc - km.acc}
     say(f'STEGO (cluster probe): mIoU {st.miou:.1f}, pixel accuracy {st.acc:.1f}: '
         f'{gain["miou"]:+.1f} mIoU, {gain["acc"]:+.1f} accuracy over k-means on the same features')

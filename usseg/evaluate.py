@@ -178,7 +178,8 @@ def evaluate(model, # callable img (B, 3, H, W) -> code (B, D, h, w)
              max_images:int|None=None, # evaluate only the first N images (smoke tests)
              n_classes:int|None=None, class_names:list|None=None, # default: from the dataset
              settings:dict|None=None, # extra entries for the record (method, checkpoint, ...)
-             progress:bool=False) -> EvalResult:
+             progress:bool|None=False, # a bar; None: only when stderr is a terminal (tqdm's rule)
+            ) -> EvalResult:
     "Score a model's codes on a dataset with the usseg protocol; returns an `EvalResult`."
     if cluster_head is None and linear_head is None: raise ValueError('nothing to evaluate: pass a cluster_head, a linear_head or both')
     crf = _check_crf(crf)
@@ -200,10 +201,8 @@ def evaluate(model, # callable img (B, 3, H, W) -> code (B, D, h, w)
     pool = CRFPool(crf_workers, crf_timeout, params=crf_params) if crf == 'pydensecrf' else None
     metrics, t0, seen = {}, time.time(), 0
     try:
-        it = loader
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(loader, desc='evaluate', leave=False)
+        from tqdm.auto import tqdm
+        it = tqdm(loader, desc='evaluate', leave=False, disable=None if progress is None else not progress)   # None: a bar only on a terminal (tqdm's rule)
         for batch in it:
             img, label = batch['img'].to(dev), batch['label'].to(dev)
             out = predict_batch(model, img, heads, label.shape[-2:], flip, crf, crf_params, pool, upsample)
@@ -246,7 +245,9 @@ def _same_data(a, b) -> bool:
 @torch.no_grad()
 def collect_features(feature_fn, # callable img -> (B, C, h, w)
                      dataset, max_points:int=200_000, # sample at most this many patch vectors
-                     batch_size:int=8, device='auto', seed:int=0, flip:bool=False, max_images:int|None=None) -> torch.Tensor:
+                     batch_size:int=8, device='auto', seed:int=0, flip:bool=False, max_images:int|None=None,
+                     progress:bool|None=False, # a bar; None: only on a terminal
+                    ) -> torch.Tensor:
     "`(N, C)` feature vectors sampled uniformly over the patches of `dataset` (at most `max_points`)."
     dev = default_device(device)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
@@ -256,7 +257,9 @@ def collect_features(feature_fn, # callable img -> (B, C, h, w)
     out = []
     try:
         sub = dataset if n == len(dataset) else torch.utils.data.Subset(dataset, range(n))
-        for batch in DataLoader(sub, batch_size=batch_size, shuffle=False, collate_fn=_collate):
+        from tqdm.auto import tqdm
+        for batch in tqdm(DataLoader(sub, batch_size=batch_size, shuffle=False, collate_fn=_collate), desc='features for k-means',
+                          leave=False, disable=None if progress is None else not progress):
             img = batch['img'].to(dev)
             f = feature_fn(img)
             if flip: f = (f + feature_fn(img.flip(-1)).flip(-1))/2
@@ -277,14 +280,16 @@ def baseline(feature_fn, # callable img (B, 3, H, W) -> features (B, C, h, w), e
              seed:int=0, backend:str='auto', fit_split:str|None=None, # recorded; default `fit_dataset.split`
              flip:bool=False, crf:str|bool|None=None, crf_params:CRFParams|None=None, crf_workers:int=0,
              alpha:float=2.0, upsample:str='code', batch_size:int=8, device='auto',
-             max_images:int|None=None, settings:dict|None=None, progress:bool=False) -> EvalResult:
+             max_images:int|None=None, settings:dict|None=None,
+             progress:bool|None=False, # bars; None: only when stderr is a terminal
+            ) -> EvalResult:
     "Frozen features -> k-means fitted on `fit_dataset` -> Hungarian metrics on `eval_dataset`."
     if isinstance(feature_fn, str): feature_fn = load_backbone(feature_fn)
     n_classes = getattr(eval_dataset, 'n_classes', None)
     if not n_classes: raise ValueError('the evaluation dataset has no n_classes attribute')
     K = n_clusters or n_classes
     t0 = time.time()
-    pts = collect_features(feature_fn, fit_dataset, max_fit_points, batch_size, device, seed, flip, max_images)
+    pts = collect_features(feature_fn, fit_dataset, max_fit_points, batch_size, device, seed, flip, max_images, progress)
     km = KMeans(K, metric=metric, max_iter=max_iter, n_init=n_init, seed=seed, backend=backend).fit(pts)
     fit_seconds = time.time() - t0
     transductive = _same_data(fit_dataset, eval_dataset)

@@ -176,8 +176,9 @@ def label_crf(img_u8:torch.Tensor, # `(B, h, w, 3)` uint8
 def sim_min_loss(bg:torch.Tensor, fg:torch.Tensor, # `(n, D)`, `(m, D)` embeddings
                 ) -> torch.Tensor:
     "Mean over all pairs of `-log(1 - cos)`, the cosine clamped to [5e-4, 0.9995] (`HSC:module/loss_helper.py::SimMinLoss`)."
-    sim = torch.matmul(F.normalize(bg, dim=1), F.normalize(fg, dim=1).T).clamp(0.0005, 0.9995)
-    return torch.mean(-torch.log(1 - sim))
+    sim = torch.matmul(F.normalize(bg, dim=1), F.normalize(fg, dim=1).T)
+    if sim.dtype in (torch.float16, torch.bfloat16): sim = sim.float()   # 0.9995 rounds to 1 in bf16: log(0) under autocast
+    return torch.mean(-torch.log(1 - sim.clamp(0.0005, 0.9995)))
 
 def _roi_pool(f, mask):
     "Masked mean of `f` `(B, D, h, w)` over `mask` `(B, h, w)`, L2-normalised: `(B, D)`."

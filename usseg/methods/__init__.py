@@ -17,8 +17,9 @@ METHODS = {
     'hp': 'usseg.methods.hp:HpMethod',
     'smooseg': 'usseg.methods.smooseg:SmooSegMethod',
     'eagle': 'usseg.methods.eagle:EagleMethod',
-    'maskcontrast': None,
-    'hsc': None,
+    'maskcontrast': 'usseg.methods.maskcontrast:MaskContrastMethod',
+    'hsc': 'usseg.methods.hsc:HSCMethod',
+    'cam': 'usseg.methods.hsc:CamMethod',
 }
 
 def get_method(name:str) -> type:

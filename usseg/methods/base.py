@@ -401,39 +401,40 @@ def _weights_digest(m:nn.Module) -> str:
     return h.hexdigest()[:16]
 
 @patch
-@torch.no_grad()
 def backbone_store(self:SegTask, dataset:Dataset, # the training split (items with `img`)
                    batch_size:int=16, device=None, # default: where the backbone is
                    cache:bool|str|Path|None=None, # None/False: in memory; True: `$USSEG_HOME/cache/features`; or a folder
-                   progress:bool=False) -> dict: # `{name: (N, ...)}` float32, on the CPU
+                   progress:bool|None=False, # a bar; None: only when stderr is a terminal
+                  ) -> dict: # `{name: (N, ...)}` float32, on the CPU
     "What `reads()` names, for every image of `dataset`, computed once (under an isolated random state)."
-    if self.backbone_trains: raise ValueError('the backbone trains, so its outputs change with every step: nothing to store')
-    bb, reads = self.backbone, self.reads()
-    if device is not None: bb.to(device)
-    dev = next(iter(bb.parameters()), torch.empty(0)).device
-    fcs = {}
-    with isolated_rng(0):                           # the memory layout the backbone gives each output (a batch of 2: B = 1 is ambiguous)
-        two = read_backbone(bb, torch.stack([dataset[i]['img'] for i in range(min(2, len(dataset)))]).to(dev), reads)
-    self.store_layout = {k: _layout(t) for k, t in two.items()}
-    if cache:
-        with isolated_rng(0): ident = dataset_identity(dataset)
-        base = {'version': 'usseg.methods.read/1', 'backbone': getattr(bb, 'name', type(bb).__name__), 'weights_sha256': _weights_digest(bb),
-                'pos_interp': getattr(bb, 'pos_interp', None), **ident, 'pool': False, 'dtype': 'float32', 'autocast': False}
-        root = cache_dir('features') if cache is True else Path(cache)
-        fcs = {k: FeatureCache(root, {**base, 'kind': f'{k}.{kind}', 'n': m}) for k, (kind, m) in reads.items()}
-        got = {k: fc.load() for k, fc in fcs.items()}
-        if all(v is not None for v in got.values()): return got
-    from tqdm.auto import tqdm
-    N, store = len(dataset), {}
-    with isolated_rng(0), tqdm(total=N, disable=not progress, desc=f'backbone outputs, {N} images') as bar:
-        for s in range(0, N, batch_size):
-            img = torch.stack([dataset[i]['img'] for i in range(s, min(N, s + batch_size))]).to(dev)
-            for k, t in read_backbone(bb, img, reads).items():
-                if k not in store: store[k] = torch.empty((N, *t.shape[1:]), dtype=torch.float32)
-                store[k][s:s + len(img)] = t.float().cpu()
-            bar.update(len(img))
-    for k, fc in fcs.items(): store[k] = fc.build(lambda start, k=k: iter([(start, store[k][start:])]), torch.float32)
-    return store
+    with torch.no_grad():                           # outputs to store, not to train through
+        if self.backbone_trains: raise ValueError('the backbone trains, so its outputs change with every step: nothing to store')
+        bb, reads = self.backbone, self.reads()
+        if device is not None: bb.to(device)
+        dev = next(iter(bb.parameters()), torch.empty(0)).device
+        fcs = {}
+        with isolated_rng(0):                           # the memory layout the backbone gives each output (a batch of 2: B = 1 is ambiguous)
+            two = read_backbone(bb, torch.stack([dataset[i]['img'] for i in range(min(2, len(dataset)))]).to(dev), reads)
+        self.store_layout = {k: _layout(t) for k, t in two.items()}
+        if cache:
+            with isolated_rng(0): ident = dataset_identity(dataset)
+            base = {'version': 'usseg.methods.read/1', 'backbone': getattr(bb, 'name', type(bb).__name__), 'weights_sha256': _weights_digest(bb),
+                    'pos_interp': getattr(bb, 'pos_interp', None), **ident, 'pool': False, 'dtype': 'float32', 'autocast': False}
+            root = cache_dir('features') if cache is True else Path(cache)
+            fcs = {k: FeatureCache(root, {**base, 'kind': f'{k}.{kind}', 'n': m}) for k, (kind, m) in reads.items()}
+            got = {k: fc.load() for k, fc in fcs.items()}
+            if all(v is not None for v in got.values()): return got
+        from tqdm.auto import tqdm
+        N, store = len(dataset), {}
+        with isolated_rng(0), tqdm(total=N, disable=None if progress is None else not progress, desc=f'backbone outputs, {N} images') as bar:
+            for s in range(0, N, batch_size):
+                img = torch.stack([dataset[i]['img'] for i in range(s, min(N, s + batch_size))]).to(dev)
+                for k, t in read_backbone(bb, img, reads).items():
+                    if k not in store: store[k] = torch.empty((N, *t.shape[1:]), dtype=torch.float32)
+                    store[k][s:s + len(img)] = t.float().cpu()
+                bar.update(len(img))
+        for k, fc in fcs.items(): store[k] = fc.build(lambda start, k=k: iter([(start, store[k][start:])]), torch.float32)
+        return store
 
 @patch
 def stored(self:SegTask, name:str, # an output `reads()` names

@@ -64,7 +64,7 @@ class EagleConfig(MethodConfig):
     source: str = 'EAGLE:src_EAGLE/configs/train_config_cocostuff.yml'
 
     paper: ClassVar[str] = 'EAGLE'
-    factories: ClassVar[tuple] = ('cocostuff27', 'cityscapes27', 'synthetic')
+    factories: ClassVar[tuple] = ('cocostuff27', 'cityscapes27', 'camvid', 'synthetic')
     fallback: ClassVar[str] = 'cocostuff27'
     note: ClassVar[str] = ' (upstream ships COCO-Stuff and Cityscapes only)'
     renamed: ClassVar[dict] = {**MethodConfig.renamed, 'lr_eigen_cluster': 'eigen_cluster_lr', 'n_samples': 'feature_samples',
@@ -86,6 +86,15 @@ class EagleConfig(MethodConfig):
                    pos_inter_weight=0.18, neg_inter_weight=1.0, step_schedulers=380, momentum_limit=0.7,
                    linear_lr=5e-3, cluster_lr=3e-3, eigen_cluster_lr=5e-4, max_steps=6000,
                    source='EAGLE:src_EAGLE/configs/train_config_cityscapes.yml')
+
+    @classmethod
+    def camvid(cls):
+        "usseg's setting for CamVid (11 classes) with the offline `efficientnet_lite0`: the Cityscapes file, shortened."
+        c = cls.cityscapes27()
+        return replace(c, dataset='camvid', n_classes=11, eigen_clusters=11 + c.extra_clusters, backbone='efficientnet_lite0',
+                       in_dim=40 + 80 + 112, image_size=(352, 480), five_crop=False, max_steps=250, step_schedulers=16,
+                       source='usseg: EAGLE:src_EAGLE/configs/train_config_cityscapes.yml on CamVid with efficientnet_lite0 (its last '
+                              '3 stages for the keys): 352x480 frames without five-crops, the linear probe on every 4th label pixel, 250 steps (8,000 images), step_schedulers 380 -> 16; nothing tuned')
 
     @classmethod
     def synthetic(cls):

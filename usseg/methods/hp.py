@@ -8,7 +8,7 @@ __all__ = ['HpConfig', 'HpMethod', 'affinity_logits']
 # %% ../../nbs/41b_methods.hp.ipynb #bc498547
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -53,7 +53,7 @@ class HpConfig(MethodConfig):
     source: str = 'HP:json/server/cocostuff.json'
 
     paper: ClassVar[str] = 'HP'
-    factories: ClassVar[tuple] = ('cocostuff27', 'cityscapes27', 'potsdam3', 'synthetic')
+    factories: ClassVar[tuple] = ('cocostuff27', 'cityscapes27', 'potsdam3', 'camvid', 'synthetic')
     fallback: ClassVar[str] = 'cocostuff27'
     renamed: ClassVar[dict] = {**MethodConfig.renamed, 'proj_lr': 'projection_lr', 'alpha': 'consistency_weight'}
     fixed: ClassVar[dict] = {**MethodConfig.fixed, **frozen_backbone_only("HP reads its backbone's features and attention without gradients")}
@@ -81,6 +81,14 @@ class HpConfig(MethodConfig):
         return cls(dataset='potsdam3', n_classes=3, backbone='dino_vitb8', in_dim=768, dim=256,
                    tau=0.4, rho=1.0, consistency_weight=0.0, pool_size=1024, renew_interval=20, ema_m=0.999, warmup=100,
                    max_steps=10*355, source='HP:json/server/potsdam.json')
+
+    @classmethod
+    def camvid(cls):
+        "usseg's setting for CamVid (11 classes) with the offline `efficientnet_lite0`: the Cityscapes file, shortened."
+        return replace(cls.cityscapes27(), dataset='camvid', n_classes=11, backbone='efficientnet_lite0', in_dim=112,
+                       image_size=(352, 480), five_crop=False, max_steps=125,
+                       source='usseg: HP:json/server/cityscapes.json (tau, renewal, EMA, warm-up; D 512, batch 64) on CamVid with '
+                              'efficientnet_lite0: 352x480 frames without five-crops, the linear probe on every 4th label pixel, 125 steps (8,000 images); nothing tuned')
 
     @classmethod
     def synthetic(cls):

@@ -6,7 +6,7 @@
 __all__ = ['SmooSegConfig', 'SmooSegMethod']
 
 # %% ../../nbs/41c_methods.smooseg.ipynb #65430189
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -38,7 +38,7 @@ class SmooSegConfig(MethodConfig):
     source: str = 'SmooSeg:configs/train_config.yaml (commit 1eecdec7), the active (Cityscapes) block'
 
     paper: ClassVar[str] = 'SmooSeg'
-    factories: ClassVar[tuple] = ('cityscapes27', 'cocostuff27', 'potsdam3', 'synthetic')
+    factories: ClassVar[tuple] = ('cityscapes27', 'cocostuff27', 'potsdam3', 'camvid', 'synthetic')
     fallback: ClassVar[str] = 'cocostuff27'
     fixed: ClassVar[dict] = {**MethodConfig.fixed, 'cluster_lr': 'not used: SmooSeg evaluates its teacher prototypes, no cluster probe is trained'}
     renamed: ClassVar[dict] = {**MethodConfig.renamed, 'lr_projection': 'lr', 'lr_prototypes': 'prototype_lr', 'alpha': 'ema_m',
@@ -71,6 +71,14 @@ class SmooSegConfig(MethodConfig):
     def smoke(cls):
         "A tiny CPU run of the same code: synthetic scenes, random weights, a few steps."
         return cls(dataset='synthetic', n_classes=8, dim=16, batch_size=4, max_steps=3, image_size=64, source='usseg smoke test')
+
+    @classmethod
+    def camvid(cls):
+        "usseg's setting for CamVid (11 classes) with the offline `efficientnet_lite0`: the Cityscapes block, shortened."
+        return replace(cls.cityscapes27(), dataset='camvid', n_classes=11, backbone='efficientnet_lite0', in_dim=112,
+                       image_size=(352, 480), five_crop=False, max_steps=250,
+                       source='usseg: SmooSeg:configs/train_config.yaml (commit 1eecdec7), the active (Cityscapes) block, on CamVid '
+                              'with efficientnet_lite0: 352x480 frames without five-crops, the linear probe on every 4th label pixel, 250 steps (8,000 images); nothing tuned')
 
     @classmethod
     def synthetic(cls):

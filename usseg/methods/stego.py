@@ -6,7 +6,7 @@
 __all__ = ['StegoConfig', 'StegoMethod', 'knn_backbone_name']
 
 # %% ../../nbs/41a_methods.stego.ipynb #4d66ab6a
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,7 +43,7 @@ class StegoConfig(MethodConfig):
     source: str = "STEGO:src/configs/train_config.yml, block 'Cocostuff27 vit small 1/31/22'"
 
     paper: ClassVar[str] = 'STEGO'
-    factories: ClassVar[tuple] = ('cocostuff27', 'cityscapes27', 'potsdam3', 'synthetic')
+    factories: ClassVar[tuple] = ('cocostuff27', 'cityscapes27', 'potsdam3', 'camvid', 'synthetic')
     variants: ClassVar[dict] = {('cocostuff27', 'vit_base'): 'cocostuff27_vitb'}
     fallback: ClassVar[str] = 'cocostuff27'
 
@@ -74,6 +74,14 @@ class StegoConfig(MethodConfig):
     def potsdam3(cls):
         return cls(dataset='potsdam3', n_classes=3, neg_inter_shift=0.46, pos_inter_shift=0.02, pos_intra_shift=0.08,
                    five_crop=False, source="STEGO:src/configs/train_config.yml, block 'Potsdam vit small 1/31/22'")
+
+    @classmethod
+    def camvid(cls):
+        "usseg's setting for CamVid (11 classes) with the offline `efficientnet_lite0`: the Cityscapes block, shortened."
+        return replace(cls.cityscapes27(), dataset='camvid', n_classes=11, backbone='efficientnet_lite0', in_dim=112,
+                       image_size=(352, 480), five_crop=False, max_steps=500,
+                       source="usseg: STEGO:src/configs/train_config.yml, block 'Cityscapes 10/3' (weights, shifts, D 100), "
+                              "on CamVid with efficientnet_lite0: 352x480 frames without five-crops, the linear probe on every 4th label pixel, 500 steps (8,000 images); nothing tuned")
 
     @classmethod
     def synthetic(cls):
