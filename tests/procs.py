@@ -3,6 +3,7 @@
 `run_script` runs one to the end; `kill_after` starts one slowed down (`--delay`) and SIGKILLs it, with everything it
 started (its process group), as soon as it prints a given line.
 """
+import json
 import os
 import signal
 import subprocess
@@ -36,3 +37,23 @@ def kill_after(script, run_dir, line, *args, delay=0.3, timeout=120):
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         p.stdout.close()
+
+
+def records(run_dir) -> list:
+    "The lines of a run's `metrics.jsonl` without the timing keys (what two equal runs share bit for bit)."
+    from usseg.learner import TIMING_KEYS
+    return [{k: v for k, v in json.loads(l).items() if k not in TIMING_KEYS} for l in (Path(run_dir)/'metrics.jsonl').read_text().splitlines()]
+
+
+def assert_same_stage(ref, d, stage:str, step:int):
+    "The checkpoint (step, weights, optimiser states) and the log of `stage` in run `d` are bitwise run `ref`'s."
+    import torch
+    from usseg.learner import load_checkpoint
+    ca, cb = load_checkpoint(Path(ref)/stage), load_checkpoint(Path(d)/stage)
+    assert ca['step'] == cb['step'] == step
+    assert ca['task'].keys() == cb['task'].keys()
+    for k in ca['task']: assert torch.equal(ca['task'][k], cb['task'][k]), (stage, k)
+    for name, opt in ca['optimizers'].items():
+        for i, st in opt['state'].items():
+            for k, v in st.items(): assert torch.equal(v, cb['optimizers'][name]['state'][i][k]), (stage, name, i, k)
+    assert records(Path(ref)/stage) == records(Path(d)/stage)

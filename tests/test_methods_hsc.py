@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from usseg.learner import TIMING_KEYS, load_checkpoint
+from usseg.learner import load_checkpoint
 from usseg.learner.stages import read_stages
 from usseg.losses.hsc import init_banks
 from usseg.methods import load_run, train
 
-from procs import kill_after, run_script
+from procs import assert_same_stage, kill_after, records, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT/'tests'/'hsc_train.py'
@@ -29,8 +29,6 @@ SMALL = dict(backbone='efficientnet_lite0_s8', weights='random', smoke=True, dev
              dataset_kw={'n_images': 12, 'n_classes': 5}, eval_images=6)
 
 
-def records(d):
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING_KEYS} for l in (Path(d)/'metrics.jsonl').read_text().splitlines()]
 
 
 def items(folder):
@@ -48,14 +46,7 @@ def assert_same_run(ref, d):
     for f in ('pseudo_labels/metrics.json', 'segmenter/wsss_eval.json'):
         assert json.loads((ref/f).read_text()) == json.loads((d/f).read_text()), f
     for s in ('cam', 'segmenter'):
-        ca, cb = load_checkpoint(ref/s), load_checkpoint(d/s)
-        assert ca['step'] == cb['step'] == 4
-        assert ca['task'].keys() == cb['task'].keys()
-        for k in ca['task']: assert torch.equal(ca['task'][k], cb['task'][k]), (s, k)
-        for name, opt in ca['optimizers'].items():
-            for i, st in opt['state'].items():
-                for k, v in st.items(): assert torch.equal(v, cb['optimizers'][name]['state'][i][k]), (s, name, i, k)
-        assert records(ref/s) == records(d/s)
+        assert_same_stage(ref, d, s, 4)
 
 
 @pytest.fixture(scope='module')

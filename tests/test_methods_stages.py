@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from usseg.learner import TIMING_KEYS, load_checkpoint
+from usseg.learner import load_checkpoint
 from usseg.learner.stages import read_stages
 from usseg.methods import load_run
 
 import toy_methods  # noqa: F401  (registers 'twostage' here too, for load_run)
-from procs import kill_after, run_script
+from procs import assert_same_stage, kill_after, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT/'tests'/'method_stages_train.py'
@@ -34,21 +34,12 @@ STAGES = ('pretrain', 'probe')
 def runs(run_dir, stage): return [int(s) for s in (Path(run_dir)/stage/'runs.txt').read_text().split()]
 
 
-def records(run_dir):
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING_KEYS} for l in (Path(run_dir)/'metrics.jsonl').read_text().splitlines()]
 
 
 def assert_same_run(ref, d):
     "Both stages' checkpoints and logs are bitwise the reference's."
     for s in STAGES:
-        ca, cb = load_checkpoint(ref/s), load_checkpoint(d/s)
-        assert ca['step'] == cb['step'] == 6
-        assert ca['task'].keys() == cb['task'].keys()
-        for k in ca['task']: assert torch.equal(ca['task'][k], cb['task'][k]), (s, k)
-        for name, opt in ca['optimizers'].items():
-            for i, st in opt['state'].items():
-                for k, v in st.items(): assert torch.equal(v, cb['optimizers'][name]['state'][i][k]), (s, name, i, k)
-        assert records(ref/s) == records(d/s)
+        assert_same_stage(ref, d, s, 6)
     rec = read_stages(d)['stages']
     assert [rec[s]['status'] for s in STAGES] == ['done', 'done']
     assert rec['probe']['outputs'] == {'checkpoint': 'probe/checkpoints/last.pt'}

@@ -5,7 +5,6 @@ run's (both stages' weights, optimiser states, the output file between them and 
 `tests/stages_train.py` holds the two stages: `a` trains 6 steps and writes `a/out.pt`; `b` starts from it and trains
 6 steps. Each appends the step its run starts at to `<stage>/runs.txt`, the count of how often it ran.
 """
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from usseg.learner import TIMING_KEYS, load_checkpoint
+from usseg.learner import load_checkpoint
 from usseg.learner.stages import read_stages
 
-from procs import ENV, kill_after, run_script
+from procs import ENV, assert_same_stage, kill_after, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT/'tests'/'stages_train.py'
@@ -31,21 +30,12 @@ def kill(run_dir, line, *args): kill_after(SCRIPT, run_dir, line, *args)
 def runs(run_dir, stage): return [int(s) for s in (Path(run_dir)/stage/'runs.txt').read_text().split()]
 
 
-def records(run_dir):
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING_KEYS} for l in (Path(run_dir)/'metrics.jsonl').read_text().splitlines()]
 
 
 def assert_same_run(ref, d):
     "Both stages' checkpoints, the file between them and the logs are bitwise the reference's."
     for s in 'ab':
-        ca, cb = load_checkpoint(ref/s), load_checkpoint(d/s)
-        assert ca['step'] == cb['step'] == 6
-        assert ca['task'].keys() == cb['task'].keys()
-        for k in ca['task']: assert torch.equal(ca['task'][k], cb['task'][k]), (s, k)
-        for name, opt in ca['optimizers'].items():
-            for i, st in opt['state'].items():
-                for k, v in st.items(): assert torch.equal(v, cb['optimizers'][name]['state'][i][k]), (s, name, i, k)
-        assert records(ref/s) == records(d/s)
+        assert_same_stage(ref, d, s, 6)
     oa, ob = (torch.load(x/'a'/'out.pt', weights_only=True)['head'] for x in (ref, d))
     for k in oa: assert torch.equal(oa[k], ob[k]), k
     rec = read_stages(d)['stages']
