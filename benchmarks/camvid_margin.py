@@ -107,7 +107,7 @@ def one_seed(method, seed, bb, root, work, a) -> dict:
                 eval_split=eval_split, cache_features=True, feature_cache=work/'features')
     t_train = time.time() - t0
     t0 = time.time()
-    ev = {f: run.evaluate(eval_split, flip=f, save=False, device='cpu') for f in flips}
+    ev = {f: run.evaluate(eval_split, flip=f, save=f == flip, device='cpu') for f in flips}   # kept runs (--work) keep the matching
     run.task.eval()
     code_km = baseline(run.task.code, fit_ds, test_ds, 11, seed=seed, flip=flip, fit_split=train_split, device='cpu')
     t_eval = time.time() - t0

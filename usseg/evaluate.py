@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CRF_BACKENDS', 'as_cluster_head', 'predict_batch', 'EvalResult', 'evaluate', 'choose_fit_split', 'collect_features',
-           'baseline', 'read_image_tensor', 'predict_masks', 'save_predictions']
+           'baseline', 'read_image_tensor', 'predict_masks', 'save_predictions', 'margin_table', 'show_vs_kmeans']
 
 # %% ../nbs/33_evaluate.ipynb #56e1b1ee
 import json
@@ -368,3 +368,38 @@ def save_predictions(preds:list, # from `predict_masks`
             with atomic_write(path) as f: Image.fromarray(arr).save(f, format='PNG')
             paths.append(path)
     return paths
+
+# %% ../nbs/33_evaluate.ipynb #0095fea8
+def _pm(d:dict) -> str: return f"{d['mean']:+.1f} ± {d['std']:.1f}" if d.get('std') is not None else f"{d['mean']:+.1f}"
+
+def margin_table(result:dict, # a margin file's content (`benchmarks/synthetic_margin.py`, `benchmarks/camvid_margin.py`)
+                 name:str='method', # the method's name in the column titles
+                ) -> str:
+    "Markdown: per seed, k-means' and the method's cluster mIoU and accuracy, the margins and k-means on the method's code; mean ± sd."
+    if not result.get('seeds'): raise ValueError('no seeds in this margin result: was it written by benchmarks/*_margin.py?')
+    rows = [f'| seed | k-means mIoU | {name} mIoU | margin mIoU | k-means acc | {name} acc | margin acc | k-means on the code |',
+            '|---'*8 + '|']
+    for s in result['seeds']:
+        k = 'flip' if s['method_flip'] else 'no_flip'
+        b, m = s['baseline'][k], s['method'][k]
+        rows.append(f"| {s['seed']} | {b['cluster_miou']:.1f} | {m['cluster_miou']:.1f} | {s['margin']['miou']:+.1f} | {b['cluster_acc']:.1f} | "
+                    f"{m['cluster_acc']:.1f} | {s['margin']['acc']:+.1f} | {s['kmeans_on_code'][k]['cluster_miou']:.1f} |")
+    rows.append(f"| mean ± sd | | | {_pm(result['margin_miou'])} | | | {_pm(result['margin_acc'])} | |")
+    return '\n'.join(rows)
+
+def show_vs_kmeans(features, # the frozen features k-means ran on (a backbone)
+                   base:EvalResult, # `baseline(features, ...)`: its k-means and matching
+                   code, cluster_head, # the method: its code and its cluster probe
+                   assignment:list, # the method's cluster -> class matching (`EvalResult.cluster['assignment']`)
+                   ds, # items with `img` and `label`, and `palette`, `class_names`
+                   idx:list, # which items
+                   name:str='method', flip:bool=False, size:float=1.3, device='auto'):
+    "Images, ground truth, k-means and the method, both matched to classes; returns the figure."
+    imgs = [ds[i]['img'] for i in idx]
+    km = predict_masks(features, imgs, base.heads['kmeans'], assignment=base.cluster['assignment'], palette=ds.palette, flip=flip, device=device)
+    me = predict_masks(code, imgs, cluster_head, assignment=assignment, palette=ds.palette, flip=flip, device=device)
+    from usseg.core import legend, show_grid
+    fig = show_grid([imgs, [ds[i]['label'] for i in idx], [p['mask'] for p in km], [p['mask'] for p in me]],
+                    row_titles=['image', 'truth', f"k-means\n{base.miou:.1f} mIoU", name], palette=ds.palette, size=size)
+    legend(fig.axes[len(idx) - 1], ds.class_names, ds.palette, loc='upper left', bbox_to_anchor=(1.02, 1))
+    return fig

@@ -94,7 +94,7 @@ class EagleConfig(MethodConfig):
         return replace(c, dataset='camvid', n_classes=11, eigen_clusters=11 + c.extra_clusters, backbone='efficientnet_lite0',
                        in_dim=40 + 80 + 112, image_size=(352, 480), five_crop=False, max_steps=250, step_schedulers=16,
                        source='usseg: EAGLE:src_EAGLE/configs/train_config_cityscapes.yml on CamVid with efficientnet_lite0 (its last '
-                              '3 stages for the keys): 352x480 frames without five-crops, the linear probe on every 4th label pixel, 250 steps (8,000 images), step_schedulers 380 -> 16; nothing tuned')
+                              '3 stages for the keys): 352x480 frames without five-crops, the linear probe on the patch grid, 250 steps (8,000 images), step_schedulers 380 -> 16; nothing tuned')
 
     @classmethod
     def synthetic(cls):

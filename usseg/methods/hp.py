@@ -88,7 +88,7 @@ class HpConfig(MethodConfig):
         return replace(cls.cityscapes27(), dataset='camvid', n_classes=11, backbone='efficientnet_lite0', in_dim=112,
                        image_size=(352, 480), five_crop=False, max_steps=125,
                        source='usseg: HP:json/server/cityscapes.json (tau, renewal, EMA, warm-up; D 512, batch 64) on CamVid with '
-                              'efficientnet_lite0: 352x480 frames without five-crops, the linear probe on every 4th label pixel, 125 steps (8,000 images); nothing tuned')
+                              'efficientnet_lite0: 352x480 frames without five-crops, the linear probe on the patch grid, 125 steps (8,000 images); nothing tuned')
 
     @classmethod
     def synthetic(cls):

@@ -24,7 +24,8 @@ from ..backbones import Backbone, load_backbone
 from ..core import atomic_write_text, default_device, make_palette, show_grid, smoke_mode
 from ..data import get_dataset
 from ..data.transforms import EvalTransform, as_hw
-from ..evaluate import EvalResult, evaluate, predict_masks, read_image_tensor, save_predictions
+from ..evaluate import EvalResult, baseline, evaluate, predict_masks, read_image_tensor, save_predictions
+from ..evaluate import show_vs_kmeans as _show_vs_kmeans
 from ..learner import (Learner, TrainConfig, default_callbacks, frozen_fingerprint, isolated_rng, load_checkpoint,
                            load_task_state)
 from ..learner.stages import StageContext, read_stages, run_stages
@@ -324,6 +325,31 @@ def load_run(run_dir:str|Path, # a folder written by `train`
                          f"pass the run's backbone, load_run(run_dir, backbone=...)")
     task.to(default_device(device)).eval()            # a loaded run evaluates and predicts: dropout off
     return run
+
+# %% ../../nbs/41_methods.run.ipynb #bbf811fc
+@patch
+def against_kmeans(self:Run, split:str|None=None, # default: the run's evaluation split
+                   device:str='auto', save:bool=True, # save: the method's result into the run folder, as `Run.evaluate`
+                  ) -> tuple:
+    "The method and the k-means baseline on the same frozen features, scored on `split` under the method's protocol: `(method, kmeans)`."
+    split = split or self.spec.eval_split
+    flip = self.task.eval_heads()['flip']
+    res = self.evaluate(split, flip=flip, device=device, save=save)
+    base = baseline(self.task.backbone, self.spec.split_dataset(self.spec.train_split), self.spec.split_dataset(split), self.task.n_classes,
+                    seed=self.spec.seed, flip=flip, fit_split=self.spec.train_split, device=device)
+    return res, base
+
+@patch
+def show_vs_kmeans(self:Run, base:EvalResult, # from `Run.against_kmeans`
+                   idx:list, # the images of `split` to show
+                   split:str|None=None, name:str|None=None, size:float=1.3):
+    "Images, ground truth, k-means and the method (matched to classes by the last evaluation on `split`)."
+    split = split or self.spec.eval_split
+    a = self.assignment(split)
+    if a is None: raise ValueError(f'no saved evaluation on {split} in {self.run_dir}: call run.against_kmeans({split!r}) (or run.evaluate) first')
+    heads = self.task.eval_heads()
+    return _show_vs_kmeans(self.task.backbone, base, self.task.code, heads['cluster_head'], a, self.spec.split_dataset(split), idx,
+                          name=name or self.spec.method, flip=heads['flip'], size=size)
 
 # %% ../../nbs/41_methods.run.ipynb #6a7b0c02
 _STAGE_TRAIN = ('max_steps', 'batch_size', 'seed', 'precision', 'clip_grad_norm', 'init_scale', 'growth_interval', 'shuffle')

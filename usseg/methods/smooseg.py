@@ -78,7 +78,7 @@ class SmooSegConfig(MethodConfig):
         return replace(cls.cityscapes27(), dataset='camvid', n_classes=11, backbone='efficientnet_lite0', in_dim=112,
                        image_size=(352, 480), five_crop=False, max_steps=250,
                        source='usseg: SmooSeg:configs/train_config.yaml (commit 1eecdec7), the active (Cityscapes) block, on CamVid '
-                              'with efficientnet_lite0: 352x480 frames without five-crops, the linear probe on every 4th label pixel, 250 steps (8,000 images); nothing tuned')
+                              'with efficientnet_lite0: 352x480 frames without five-crops, the linear probe on the patch grid, 250 steps (8,000 images); nothing tuned')
 
     @classmethod
     def synthetic(cls):

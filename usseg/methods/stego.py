@@ -81,7 +81,7 @@ class StegoConfig(MethodConfig):
         return replace(cls.cityscapes27(), dataset='camvid', n_classes=11, backbone='efficientnet_lite0', in_dim=112,
                        image_size=(352, 480), five_crop=False, max_steps=500,
                        source="usseg: STEGO:src/configs/train_config.yml, block 'Cityscapes 10/3' (weights, shifts, D 100), "
-                              "on CamVid with efficientnet_lite0: 352x480 frames without five-crops, the linear probe on every 4th label pixel, 500 steps (8,000 images); nothing tuned")
+                              "on CamVid with efficientnet_lite0: 352x480 frames without five-crops, the linear probe on the patch grid, 500 steps (8,000 images); nothing tuned")
 
     @classmethod
     def synthetic(cls):
