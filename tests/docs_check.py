@@ -131,6 +131,35 @@ def check_site(folder: str | Path, screenshots: str | Path | None = None, chromi
     return reports
 
 
+
+SECTION_JS = """([id]) => {
+  const h = document.getElementById(id);
+  if (!h || !/^H[1-6]$/.test(h.tagName)) return null;
+  const level = +h.tagName[1], all = Array.from(document.querySelectorAll('h1,h2,h3,h4,h5,h6,img,table'));
+  const imgs = [], out = {images: imgs, tables: 0};
+  for (let j = all.indexOf(h) + 1; j < all.length; j++) {
+    const e = all[j];
+    if (/^H[1-6]$/.test(e.tagName)) { if (+e.tagName[1] <= level) break; continue; }
+    if (e.tagName === 'IMG') imgs.push([e.getAttribute('src'), e.complete && e.naturalWidth > 0, e.naturalWidth, e.naturalHeight]);
+    else out.tables++;
+  }
+  return out;
+}"""
+
+
+def section_report(folder: str | Path, page: str, heading_id: str, chromium: str | None = None) -> dict | None:
+    "Open `page` of the built site and report the section under heading `heading_id`: its images (src, decoded, size) and its tables."
+    from playwright.sync_api import sync_playwright
+    chromium = chromium or find_chromium()
+    if chromium is None: raise FileNotFoundError('Chromium not found: install Debian\'s `chromium` package')
+    with serve(Path(folder)) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page()
+            pg.goto(urljoin(base, page), wait_until='load', timeout=30_000)
+            return pg.evaluate(SECTION_JS, [heading_id])
+        finally: browser.close()
+
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(description='Check a built docs site in headless Chromium.')

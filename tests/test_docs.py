@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from docs_check import check_site, find_chromium
+from docs_check import check_site, find_chromium, section_report
 
 needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get('USSEG_REQUIRE_BROWSER'),
                                    reason="Debian's chromium is not installed (CI installs it; set USSEG_REQUIRE_BROWSER=1 to fail instead)")
@@ -66,3 +66,25 @@ def test_checker_catches_a_cut_code_span(tmp_path):
     reports = {Path(r.url).name: r.problems for r in check_site(tmp_path)}
     assert reports['good.html'] == [], reports
     assert any('stray backtick' in p for p in reports['bad.html']), reports
+
+
+@needs_browser
+def test_a_real_photo_section_renders(site):
+    "The STEGO page's 'Real photos on a laptop' shows the CamVid margin table and a decoded picture of real photos and predictions."
+    from build_docs import page_name
+    r = section_report(site, page_name('50_train.stego.ipynb'), 'real-photos-on-a-laptop')
+    assert r is not None, 'no heading real-photos-on-a-laptop on the STEGO page'
+    assert r['tables'] >= 1, r
+    assert r['images'] and all(ok for _, ok, *_ in r['images']), r
+    assert max(w for _, _, w, _ in r['images']) >= 400, r      # a grid of photos, not an icon
+
+
+@needs_browser
+def test_section_report_sees_a_missing_picture(tmp_path):
+    "The section check is not blind: an image that does not load, a section without a table, a missing heading."
+    (tmp_path/'p.html').write_text('<html><body><main><h2 id="a">A</h2><table><tr><td>1</td></tr></table>'
+                                   '<h2 id="b">B</h2><img src="gone.png"><h3 id="c">C</h3></main></body></html>')
+    a, b = section_report(tmp_path, 'p.html', 'a'), section_report(tmp_path, 'p.html', 'b')
+    assert a == {'images': [], 'tables': 1}, a
+    assert b['tables'] == 0 and b['images'][0][:2] == ['gone.png', False], b
+    assert section_report(tmp_path, 'p.html', 'nowhere') is None
