@@ -391,7 +391,7 @@ def demo(out:str|Path='usseg_demo', # output folder
     seconds = {'kmeans': round(t_km, 1), 'train': round(t_train, 1), 'evaluate': round(t_eval, 1), 'total': round(total, 1)}
     res = {'dataset': dataset, 'train_split': fit_split, 'eval_split': eval_split, 'n_images': st.n_images,
            'miou': st.miou, 'acc': st.acc, 'gain': gain, 'kmeans': km.to_dict(), 'stego': st.to_dict(),
-           'settings': {**(kw or {'data_root': str(root)}), 'image_size': list(size) if isinstance(size, tuple) else size, 'steps': steps,
+           'settings': {**(kw or {'data_root': str(root), 'seed': seed}), 'image_size': list(size) if isinstance(size, tuple) else size, 'steps': steps,
                         'batch_size': bs, 'config': f'StegoConfig.{name}()', 'source': run.task.cfg.source,
                         'backbone': 'efficientnet_lite0 (ImageNet weights from pip), frozen',
                         'weights_sha256': run.task.backbone.fingerprint(), 'seconds': seconds['total']},
