@@ -33,6 +33,33 @@ def test_demo_writes_figure_and_json(tmp_path):
     assert res['settings']['config'] == 'StegoConfig.demo()' and res['settings']['backbone'].startswith('efficientnet_lite0 (ImageNet')
 
 
+def test_demo_on_a_terminal_shows_bars_not_lines(tmp_path):
+    "With stderr a terminal (a pseudo-terminal here) the demo draws tqdm bars there and prints no per-step lines; in a log (the test above) it prints the lines."
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 120, 0, 0))   # a terminal 120 columns wide (a new pty has 0)
+    chunks = []
+    def read():                                 # drain the terminal while the demo writes to it
+        while True:
+            try: c = os.read(master, 65536)
+            except OSError: return
+            if not c: return
+            chunks.append(c)
+    t = threading.Thread(target=read, daemon=True); t.start()
+    r = subprocess.run([USSEG, 'demo', '--out', str(tmp_path/'out'), '--n-images', '8', '--size', '48', '--steps', '4', '--device', 'cpu'],
+                       stdout=subprocess.PIPE, stderr=slave, text=True, timeout=900)
+    os.close(slave); t.join(10); os.close(master)
+    err = b''.join(chunks)
+    assert r.returncode == 0, err.decode(errors='replace')
+    assert 'train: 100%' in err.decode(errors='replace') and '4/4' in err.decode(errors='replace')    # the training bar
+    assert 'step 4/4' not in r.stdout and 'done in' in r.stdout                                         # no log lines; the time
+
+
 def test_demo_on_camvid_trains_on_val_and_scores_test(tmp_path):
     "`usseg demo --dataset camvid`: the pretrained backbone and StegoConfig.camvid() on CamVid photos, trained on val (no train split here) and scored on test (issue 13; a fake tree, 2 steps)."
     from helpers import make_fake_tree
