@@ -29,6 +29,49 @@ def test_demo_writes_figure_and_json(tmp_path):
     assert res['settings']['steps'] == 4 and (tmp_path/'out'/'stego_run'/'checkpoints'/'last.pt').is_file()
     assert abs(res['gain']['miou'] - (res['stego']['miou'] - res['kmeans']['miou'])) < 1e-9   # the gain over k-means is reported
     assert 'mIoU' in r.stdout and 'over k-means' in r.stdout
+    assert 'step 4/4 (100 %)' in r.stdout and f"done in {res['seconds']['total']:.0f} s" in r.stdout   # progress lines in a log, the time
+    assert res['settings']['config'] == 'StegoConfig.demo()' and res['settings']['backbone'].startswith('efficientnet_lite0 (ImageNet')
+
+
+def test_demo_on_a_terminal_shows_bars_not_lines(tmp_path):
+    "With stderr a terminal (a pseudo-terminal here) the demo draws tqdm bars there and prints no per-step lines; in a log (the test above) it prints the lines."
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 120, 0, 0))   # a terminal 120 columns wide (a new pty has 0)
+    chunks = []
+    def read():                                 # drain the terminal while the demo writes to it
+        while True:
+            try: c = os.read(master, 65536)
+            except OSError: return
+            if not c: return
+            chunks.append(c)
+    t = threading.Thread(target=read, daemon=True); t.start()
+    r = subprocess.run([USSEG, 'demo', '--out', str(tmp_path/'out'), '--n-images', '8', '--size', '48', '--steps', '4', '--device', 'cpu'],
+                       stdout=subprocess.PIPE, stderr=slave, text=True, timeout=900)
+    os.close(slave); t.join(10); os.close(master)
+    err = b''.join(chunks)
+    assert r.returncode == 0, err.decode(errors='replace')
+    assert 'train: 100%' in err.decode(errors='replace') and '4/4' in err.decode(errors='replace')    # the training bar
+    assert 'step 4/4' not in r.stdout and 'done in' in r.stdout                                         # no log lines; the time
+
+
+def test_demo_on_camvid_trains_on_val_and_scores_test(tmp_path):
+    "`usseg demo --dataset camvid`: the pretrained backbone and StegoConfig.camvid() on CamVid photos, trained on val (no train split here) and scored on test (issue 13; a fake tree, 2 steps)."
+    from helpers import make_fake_tree
+    root = make_fake_tree('camvid', tmp_path/'data', n=3, size=(48, 64))
+    for d in ('train', 'trainannot'): shutil.rmtree(root/'CamVid'/d)
+    r = run('demo', '--dataset', 'camvid', '--data-root', root, '--out', tmp_path/'out', '--steps', '2', '--device', 'cpu', '--threads', '1')
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path/'out'/'demo.json').read_text())
+    assert (res['train_split'], res['eval_split'], res['n_images']) == ('val', 'test', 3)
+    assert res['settings']['config'] == 'StegoConfig.camvid()' and res['settings']['image_size'] == [352, 480] and res['settings']['steps'] == 2
+    assert 'trained on val (3 frames), scored on test (3 frames)' in r.stdout and 'step 2/2 (100 %)' in r.stdout
+    assert (tmp_path/'out'/'demo.png').read_bytes()[:4] == b'\x89PNG' and not (tmp_path/'out'/'data').exists()
 
 
 def test_train_evaluate_predict_round_trip(tmp_path):
@@ -51,6 +94,7 @@ def test_train_evaluate_predict_round_trip(tmp_path):
 
 @pytest.mark.parametrize('args', [
     ['demo', '--size', '4'], ['demo', '--n-images', '0'], ['demo', '--size', 'x'], ['demo', '--bogus'], ['nope'], [],
+    ['demo', '--dataset', 'camvid'], ['demo', '--dataset', 'camvid', '--data-root', 'missing'], ['demo', '--size', '40'],
     ['train', 'stego', '--dataset', 'synthetic'],                                     # --out missing
     ['train', 'probe', '--dataset', 'nowhere', '--out', 'r'],                         # unknown dataset
     ['train', 'probe', '--dataset', 'synthetic', '--out', 'r', '--weights', 'w.pth'],  # no such weights file
@@ -71,7 +115,7 @@ def test_bad_arguments_one_line_nothing_written(tmp_path, args):
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and 'error' in lines[0], r.stderr
-    assert not (tmp_path/'r').exists() and not (tmp_path/'o').exists()
+    assert not (tmp_path/'r').exists() and not (tmp_path/'o').exists() and not (tmp_path/'usseg_demo').exists()
     if '--set' in args: assert 'its settings are: dim, dropout, extra_clusters, lr, cluster_lr' in lines[0], lines[0]   # the keys that exist
 
 

@@ -44,7 +44,7 @@ class StegoConfig(MethodConfig):
 
     paper: ClassVar[str] = 'STEGO'
     factories: ClassVar[tuple] = ('cocostuff27', 'cityscapes27', 'potsdam3', 'camvid', 'synthetic')
-    variants: ClassVar[dict] = {('cocostuff27', 'vit_base'): 'cocostuff27_vitb'}
+    variants: ClassVar[dict] = {('cocostuff27', 'vit_base'): 'cocostuff27_vitb', ('synthetic', 'tf_efficientnet_lite0'): 'demo'}
     fallback: ClassVar[str] = 'cocostuff27'
 
     def loss_kwargs(self) -> dict:
@@ -85,11 +85,20 @@ class StegoConfig(MethodConfig):
 
     @classmethod
     def synthetic(cls):
-        "usseg's setting for the synthetic scenes with a random `vit_tiny8` (the demo and the training pages; see the prose)."
+        "usseg's setting for the synthetic scenes with a random `vit_tiny8` (the training page and the synthetic benchmark; see the prose)."
         return cls(dataset='synthetic', n_classes=8, backbone='vit_tiny8', in_dim=48,
                    pos_intra_shift=0.6, pos_inter_shift=0.5, neg_inter_shift=0.4, max_steps=1200, image_size=96, five_crop=False,
                    source="usseg: the 'Cocostuff27 vit small 1/31/22' block with shifts and steps for synthetic scenes and a random "
                           "vit_tiny8, tuned on seeds 100 and 101 (benchmarks/synthetic_margin.py)")
+
+    @classmethod
+    def demo(cls):
+        "usseg's setting for `usseg demo`: the synthetic scenes with the offline ImageNet `efficientnet_lite0`, the COCO-Stuff block, shortened."
+        return replace(cls.cocostuff27(), dataset='synthetic', n_classes=8, backbone='efficientnet_lite0', in_dim=112,
+                       image_size=96, five_crop=False, max_steps=300,
+                       source="usseg: STEGO:src/configs/train_config.yml, block 'Cocostuff27 vit small 1/31/22' (weights, shifts, D 70), "
+                              "on the synthetic scenes (96 px, 8 classes) with efficientnet_lite0: no five-crops, 300 steps of 16; "
+                              "block, size and steps chosen on seeds 100 and 101 (usseg demo)")
 
     @classmethod
     def smoke(cls):
