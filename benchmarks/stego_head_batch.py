@@ -81,6 +81,7 @@ def main():
     p.add_argument('--grid', type=int, default=28)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--out', default='stego_head_batch_cpu', help='result name or .json path (default: results/stego_head_batch_cpu.json)')
     p.add_argument('--malloc', default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.malloc: return worker(a)
@@ -101,7 +102,7 @@ def main():
         print(malloc, json.dumps(out['malloc'][malloc]), flush=True)
     out['load_average_after'] = [round(x, 2) for x in os.getloadavg()]
     out['machine'] = machine()
-    write('stego_head_batch_cpu', out)
+    write(a.out, out)
 
 
 if __name__ == '__main__':

@@ -32,3 +32,16 @@ def test_gpu_runbook_dry_run_on_cpu(tmp_path):
     assert 'method_step_hp_cpu.json' in (tmp_path/'gpu_summary.txt').read_text()
     # the dry run wrote only to its own folder: the committed results are untouched
     assert {p.name: p.stat().st_mtime_ns for p in results.glob('*.json')} == before
+
+
+def test_stego_head_batch_runs_and_checks_the_two_shapes(tmp_path):
+    "benchmarks/stego_head_batch.py at a toy size: both malloc settings, both shapes timed, the forward pass the same."
+    out = tmp_path/'head.json'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'stego_head_batch.py'), '--batch', '2', '--grid', '4', '--repeats', '1',
+                        '--out', str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(out.read_text())
+    assert set(d['malloc']) == {'glibc', 'reuse'} and (d['batch'], d['grid']) == (2, 4)
+    for m in d['malloc'].values():
+        assert m['check']['code_bit_identical'] and m['cat']['median_s'] > 0 and m['two']['median_s'] > 0
