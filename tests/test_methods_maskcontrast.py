@@ -58,6 +58,10 @@ def test_two_steps_through_train(tmp_path):
     loaded = load_run(d, device='cpu')
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad(): assert torch.equal(loaded.task.code(x), run.task.eval().code(x))
+    again = train('maskcontrast', 'synthetic', tmp_path/'data', d, steps=2, config={'probe_steps': 2}, resume=True, **SMALL)
+    assert [read_stages(d)['stages'][s]['attempts'] for s in STAGES] == [1] * 3      # finished: no stage ran again ...
+    sd = again.task.state_dict()
+    for k, v in pr['task'].items(): assert torch.equal(sd[k], v), k                 # ... and the task returned is the trained one
 
 
 def test_cli(tmp_path):

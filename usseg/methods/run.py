@@ -26,8 +26,8 @@ from ..data import get_dataset
 from ..data.transforms import EvalTransform, as_hw
 from ..evaluate import EvalResult, baseline, evaluate, predict_masks, read_image_tensor, save_predictions
 from ..evaluate import show_vs_kmeans as _show_vs_kmeans
-from ..learner import (Learner, TrainConfig, default_callbacks, frozen_fingerprint, isolated_rng, load_checkpoint,
-                           load_task_state)
+from ..learner import (Learner, TrainConfig, checkpoint_path, default_callbacks, frozen_fingerprint, isolated_rng,
+                           load_checkpoint, load_task_state)
 from ..learner.stages import StageContext, read_stages, run_stages
 from . import get_method
 from .base import SegTask
@@ -388,5 +388,8 @@ def _train_stages(task:SegTask, spec:RunSpec, out:Path, resume:bool, redo:tuple)
              'versions': {'usseg': __version__, 'torch': torch.__version__, 'python': sys.version.split()[0]}}
         atomic_write_text(out/'config.json', json.dumps(d, indent=1, default=str))
     fns = {n: (lambda ctx, n=n: task.run_stage(n, spec, ctx)) for n in task.stages}
-    return run_stages(out, fns, {n: task.stage_settings(n, spec) for n in task.stages}, resume=resume, redo=redo,
-                      device=spec.train['device'], verbose=spec.train['progress'] != 'none')
+    outputs = run_stages(out, fns, {n: task.stage_settings(n, spec) for n in task.stages}, resume=resume, redo=redo,
+                         device=spec.train['device'], verbose=spec.train['progress'] != 'none')
+    last = checkpoint_path(out/task.stages[-1])    # a finished stage was skipped, its training never in memory:
+    if last.is_file(): load_task_state(task, last)   # the task returned is the saved one, as load_run reads it
+    return outputs
