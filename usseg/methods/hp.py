@@ -92,7 +92,7 @@ class HpConfig(MethodConfig):
 
     @classmethod
     def synthetic(cls):
-        "usseg's setting for the synthetic scenes with a random `vit_tiny8` (the demo and the training pages; see the prose)."
+        "usseg's setting for the synthetic scenes with a random `vit_tiny8` (the HP training page and `benchmarks/synthetic_margin.py`; see the prose)."
         return cls(dataset='synthetic', n_classes=8, backbone='vit_tiny8', in_dim=48, dim=70, pool_size=128, renew_interval=10,
                    warmup=100, batch_size=16, max_steps=1200, image_size=96, five_crop=False,
                    source='usseg: synthetic scenes, random vit_tiny8; D, renewal and steps chosen on seeds 100 and 101 '
