@@ -324,7 +324,6 @@ class Case:
     method: str
     batch: int
     ref_step: object                 # () -> loss tensor (backward done)
-    usseg_step: object               # () -> loss tensor (backward done)
     pairs: list                      # [(name, reference parameter, usseg parameter)]
     modules: list                    # every module with dropout (both sides)
     dropout: float
@@ -336,6 +335,13 @@ class Case:
     step: int = 0
     usseg_batch: object = None
     diagnose: object = None          # () -> dict: per-component comparison where the totals can differ legitimately
+
+    def usseg_step(self):
+        "usseg's side, timed: the task's training step on the stored batch, backward, and the value compared with the reference's loss."
+        _grad_zero(self.usseg_model.parameters())
+        out = self.usseg_fn(self.usseg_batch, self.step)
+        out['loss'].backward()
+        return self.usseg_value(out)
 
 
 def _grad_zero(params):
@@ -376,13 +382,7 @@ def stego_case(root, device, tmp, batch=None):
         loss.backward()
         return loss.detach()
 
-    def usseg_step():
-        _grad_zero(task.parameters())
-        out = task.training_step(batch, 0)
-        out['loss'].backward()
-        return out['corr_loss']
-
-    return Case('stego', B, ref_step, usseg_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'StegoConfig.cocostuff27()'),
+    return Case('stego', B, ref_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'StegoConfig.cocostuff27()'),
                 notes=[f'stubbed on import: {", ".join(stubbed) or "nothing"}'], usseg_model=task,
                 usseg_fn=task.training_step, usseg_batch=batch, usseg_value=lambda o: o['corr_loss'])
 
@@ -450,18 +450,12 @@ def hp_case(root, device, tmp, batch=None, step=6000):
         loss.backward()
         return loss.detach()
 
-    def usseg_step():
-        _grad_zero(task.parameters())
-        out = task.training_step(batch, step)
-        out['loss'].backward()
-        return out['hp_loss'] + cfg.consistency_weight*out['consistency']
-
     notes = [f'stubbed on import: {", ".join(stubbed) or "nothing"}',
              f'batch {B} (the paper: {cfg.batch_size}); step {step}: lambda = {lmbd:.4f}',
              'HP builds its loss masks and weights in float16 (upstream `SupConLoss`), usseg in float32; usseg reads the '
              "attention as probabilities (log taken), upstream as logits: the two agree to rounding, not to the bit",
              'upstream updates the EMA head inside the forward pass (timed); usseg in `after_step` (not timed)']
-    return Case('hp', B, ref_step, usseg_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'HpConfig.cocostuff27()'),
+    return Case('hp', B, ref_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'HpConfig.cocostuff27()'),
                 notes=notes, usseg_model=task, usseg_fn=task.training_step, usseg_batch=batch, step=step,
                 usseg_value=lambda o: o['hp_loss'] + cfg.consistency_weight*o['consistency'])
 
@@ -506,13 +500,7 @@ def smooseg_case(root, device, tmp, batch=None):
         loss.backward()
         return loss.detach()
 
-    def usseg_step():
-        _grad_zero(task.parameters())
-        out = task.training_step(batch, 0)
-        out['loss'].backward()
-        return out['energy']
-
-    return Case('smooseg', B, ref_step, usseg_step, pairs, [projection, task], cfg.dropout, getattr(cfg, 'source', 'SmooSegConfig.cocostuff27()'),
+    return Case('smooseg', B, ref_step, pairs, [projection, task], cfg.dropout, getattr(cfg, 'source', 'SmooSegConfig.cocostuff27()'),
                 notes=[f'stubbed on import: {", ".join(stubbed) or "nothing"}',
                        "the reference's featurizer makes its features contiguous (B, C, h, w) (inside its no-grad backbone call, "
                        'timed here on its side); usseg passes the backbone\'s token layout on'],
@@ -583,12 +571,6 @@ def eagle_case(root, device, tmp, batch=None, step=1000):
         loss.backward()
         return loss.detach()
 
-    def usseg_step():
-        _grad_zero(task.parameters())
-        out = task.training_step(batch, step)
-        out['loss'].backward()
-        return out['eagle'].detach()
-
     @torch.no_grad()
     def diagnose():
         "EAGLE's pieces one by one, for the image and for its blurred view (dropout off): where the two part, and by how much."
@@ -637,7 +619,7 @@ def eagle_case(root, device, tmp, batch=None, step=1000):
              "upstream's EiCue divides through an explicit inverse and matrix products, usseg elementwise: the eigenvectors agree "
              'to rounding, and a near-tie in the eigen-probe argmax can move a pixel to another object',
              "usseg runs with colour_space='upstream' (the normalised image / 255, as EAGLE); its default 'rgb' costs the same"]
-    return Case('eagle', B, ref_step, usseg_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'EagleConfig.cocostuff27()'),
+    return Case('eagle', B, ref_step, pairs, [net, task], cfg.dropout, getattr(cfg, 'source', 'EagleConfig.cocostuff27()'),
                 notes=notes, usseg_model=task, usseg_fn=task.training_step, usseg_batch=batch, step=step,
                 usseg_value=lambda o: o['eagle'].detach(), diagnose=diagnose)
 

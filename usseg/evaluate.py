@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .backbones import load_backbone
-from .core import atomic_write, atomic_write_text, colorize, default_device, make_palette, normalize, to_display
+from .core import (atomic_write, atomic_write_text, colorize, default_device, legend, make_palette, normalize, show_grid,
+                        to_display)
 from .cluster import ClusterLookup, KMeans
 from .crf import CRFParams, CRFPool, crf_torch
 from .metrics import UnsupervisedMetrics
@@ -398,7 +399,6 @@ def show_vs_kmeans(features, # the frozen features k-means ran on (a backbone)
     imgs = [ds[i]['img'] for i in idx]
     km = predict_masks(features, imgs, base.heads['kmeans'], assignment=base.cluster['assignment'], palette=ds.palette, flip=flip, device=device)
     me = predict_masks(code, imgs, cluster_head, assignment=assignment, palette=ds.palette, flip=flip, device=device)
-    from usseg.core import legend, show_grid
     fig = show_grid([imgs, [ds[i]['label'] for i in idx], [p['mask'] for p in km], [p['mask'] for p in me]],
                     row_titles=['image', 'truth', f"k-means\n{base.miou:.1f} mIoU", name], palette=ds.palette, size=size)
     legend(fig.axes[len(idx) - 1], ds.class_names, ds.palette, loc='upper left', bbox_to_anchor=(1.02, 1))
