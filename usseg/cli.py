@@ -397,7 +397,8 @@ def demo(out:str|Path='usseg_demo', # output folder
                         'weights_sha256': run.task.backbone.fingerprint(), 'seconds': seconds['total']},
            'seconds': seconds, 'threads': torch.get_num_threads(), 'load_average_1_5_15': [round(x, 2) for x in os.getloadavg()]}
     atomic_write_text(out/'demo.json', json.dumps(res, indent=1))
-    say(f'done in {total:.0f} s (k-means {t_km:.0f} s, STEGO training {t_train:.0f} s, evaluation {t_eval:.0f} s); '
+    say(f"done in {seconds['total']:.0f} s (k-means {seconds['kmeans']:.0f} s, STEGO training {seconds['train']:.0f} s, "
+        f"evaluation {seconds['evaluate']:.0f} s); "
         f'saved {out/"demo.png"} and {out/"demo.json"}')
     return {'miou': st.miou, 'acc': st.acc, 'kmeans_miou': km.miou, 'kmeans_acc': km.acc, 'gain': gain, 'figure': str(out/'demo.png'),
             'seconds': seconds}
