@@ -57,13 +57,14 @@ def page_table(page: Path, cell_id: str = 'resultstable') -> list:
 def check_page(page: Path = PAGE, results: Path = RESULTS) -> list:
     "Every disagreement between the page's main table and the JSON files, in words (empty: they agree)."
     bad = []
+    exps = {s: expected(results, s) for s in ('synthetic', 'camvid', 'full')}
     rows = {r[0]: r for r in page_table(page)[1:]}
     papers = json.loads((results/'paper_numbers.json').read_text())
     for m, name in NAMES.items():
         if name not in rows: bad.append(f'{name}: no row on the page'); continue
         r = rows[name]
         for setting, cells in (('synthetic', r[1:4]), ('camvid', r[4:7])):
-            exp = expected(results, setting)
+            exp = exps[setting]
             for col, text in zip(('method', 'kmeans', 'margin'), cells):
                 where = f"{name} {col}{' (CamVid)' if setting == 'camvid' else ''}"
                 if m not in exp:
@@ -76,7 +77,7 @@ def check_page(page: Path = PAGE, results: Path = RESULTS) -> list:
                     bad.append(f'{where}: the page says {text!r}, the JSON gives {mean:.1f} ± {sd:.1f} over {n} seeds, {prot}')
         for p in (x for x in papers['rows'] if x['method'] == m):
             if f"{p['value']:.1f} {p['metric']}" not in r[8]: bad.append(f"{name}: paper number {p['value']} ({p['metric']}) missing")
-        if m not in expected(results, 'full') and r[7] != 'not run':
+        if m not in exps['full'] and r[7] != 'not run':
             bad.append(f'{name}: a full-setting number on the page, the JSON has no full run')
     return bad
 

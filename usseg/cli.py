@@ -360,7 +360,7 @@ def demo(out:str|Path='usseg_demo', # output folder
     t = time.time()
     km = baseline(bb, fit_ds, eval_ds, n_classes, seed=seed, flip=True, fit_split=fit_split, device=device, progress=None if bar else False,
                   settings={'method': 'k-means on efficientnet_lite0 features (usseg demo)', 'dataset': dataset, 'split': eval_split})
-    t_km = time.time() - t
+    t_km = round(time.time() - t, 1)                          # every time is rounded once: what is printed is what demo.json keeps
     say(f'k-means: mIoU {km.miou:.1f}, pixel accuracy {km.acc:.1f} ({t_km:.0f} s)')
     bs = min(cfg.batch_size, len(fit_ds))
     say(f'training STEGO (StegoConfig.{name}()) for {steps} steps of {bs} on the same features ...', flush=True)
@@ -368,11 +368,11 @@ def demo(out:str|Path='usseg_demo', # output folder
     run = train('stego', dataset, root, run_dir, backbone=bb, seed=seed, steps=steps, batch_size=bs, image_size=size, device=device,
                 smoke=False, progress='bar' if bar else 'none', callbacks=[step_lines(say=say)] if verbose and not bar else [],
                 save_every=0, eval_images=4, train_split=fit_split, eval_split=eval_split, dataset_kw=kw, cache_features=True)
-    t_train = time.time() - t
+    t_train = round(time.time() - t, 1)
     say(f'scoring STEGO on the {len(eval_ds)} {eval_split} images ...', flush=True)
     t = time.time()
     st = run.evaluate(eval_split, device=device, progress=None if bar else False)
-    t_eval = time.time() - t
+    t_eval = round(time.time() - t, 1)
     gain = {'miou': st.miou - km.miou, 'acc': st.acc - km.acc}
     say(f'STEGO (cluster probe): mIoU {st.miou:.1f}, pixel accuracy {st.acc:.1f}: '
         f'{gain["miou"]:+.1f} mIoU, {gain["acc"]:+.1f} accuracy over k-means on the same features')
@@ -387,8 +387,7 @@ def demo(out:str|Path='usseg_demo', # output folder
                     suptitle=f'{dataset} {eval_split}, ImageNet efficientnet_lite0: k-means mIoU {km.miou:.1f}, STEGO mIoU {st.miou:.1f} ({gain["miou"]:+.1f})')
     legend(fig.axes[k - 1], eval_ds.class_names, eval_ds.palette, loc='upper left', bbox_to_anchor=(1.02, 1))
     save_figure(fig, out/'demo.png')
-    total = time.time() - t0
-    seconds = {'kmeans': round(t_km, 1), 'train': round(t_train, 1), 'evaluate': round(t_eval, 1), 'total': round(total, 1)}
+    seconds = {'kmeans': t_km, 'train': t_train, 'evaluate': t_eval, 'total': round(time.time() - t0, 1)}
     res = {'dataset': dataset, 'train_split': fit_split, 'eval_split': eval_split, 'n_images': st.n_images,
            'miou': st.miou, 'acc': st.acc, 'gain': gain, 'kmeans': km.to_dict(), 'stego': st.to_dict(),
            'settings': {**(kw or {'data_root': str(root), 'seed': seed}), 'image_size': list(size) if isinstance(size, tuple) else size, 'steps': steps,
